@@ -1,0 +1,37 @@
+-- warp-auth-api database schema, version 1 (kept in PRAGMA user_version).
+-- Applied at every start inside one transaction; every statement is idempotent. A later version
+-- adds a migration step in src/store.rs and bumps SCHEMA_VERSION there.
+
+CREATE TABLE IF NOT EXISTS users (
+    -- AUTOINCREMENT: ids are never reused, so a deleted user's token can never name a newer user.
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- Stored lower-cased; NOCASE keeps the uniqueness case-insensitive in the database itself.
+    email         TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+    full_name     TEXT,
+    password_hash TEXT    NOT NULL,
+    role          TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'admin')),
+    created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+-- One row per login. An access token is accepted only while its session row exists, so logout,
+-- password change, account deletion and refresh-token reuse all revoke by deleting rows.
+CREATE TABLE IF NOT EXISTS sessions (
+    id             TEXT    PRIMARY KEY,            -- the `sid` claim
+    user_id        INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    refresh_hash   BLOB    NOT NULL UNIQUE,        -- SHA-256 of the live refresh token
+    prev_hash      BLOB    UNIQUE,                 -- SHA-256 of the token it replaced
+    prev_successor BLOB,                           -- the live token, sealed under the previous one
+    rotated_at     INTEGER,                        -- unix seconds of the last rotation
+    created_at     INTEGER NOT NULL,               -- unix seconds
+    expires_at     INTEGER NOT NULL                -- unix seconds
+);
+CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+
+-- Refresh tokens already exchanged: presenting one again (after the grace window) revokes the
+-- session it belongs to.
+CREATE TABLE IF NOT EXISTS spent_refresh_tokens (
+    hash       BLOB PRIMARY KEY,
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spent_refresh_tokens_session_id ON spent_refresh_tokens (session_id);

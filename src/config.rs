@@ -1,0 +1,493 @@
+//! Configuration from the environment (and a `.env` file, which the process environment overrides).
+//!
+//! `envy` reads the variables into [`RawConfig`]; [`Config::from_vars`] then checks every value and
+//! refuses the start with a message that names the variable. Nothing here reads the process
+//! environment by itself, so tests build configurations from plain lists of pairs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+/// Values that the tutorial and common examples use as placeholders. A server that signs with one of
+/// them hands out tokens anyone can forge, so they are refused even when they are long enough.
+const PLACEHOLDER_SECRETS: &[&str] = &[
+    "replace_me_with_a_long_random_value",
+    "dev_secret",
+    "secret",
+    "changeme",
+    "change_me",
+    "your-secret-key",
+    "your_secret_key",
+    "supersecret",
+];
+
+/// A configuration error: the variable at fault and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(var: &str, why: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{var} {why}"))
+}
+
+/// The variables as `envy` reads them; numbers are parsed by envy, whose messages name the variable.
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    jwt_secret: Option<String>,
+    jwt_algorithm: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    access_token_expire_minutes: Option<i64>,
+    refresh_token_expire_days: Option<i64>,
+    database_url: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    password_min_length: Option<i64>,
+    bcrypt_cost: Option<i64>,
+    log_format: Option<String>,
+    rust_log: Option<String>,
+    cors_origins: Option<String>,
+    login_max_failures: Option<i64>,
+}
+
+/// Where the SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    File(PathBuf),
+    Memory,
+}
+
+impl DatabaseLocation {
+    /// Parses the tutorial's SQLAlchemy-style URL, `sqlite://path`, a plain path or `sqlite::memory:`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Err("is empty".into());
+        }
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" || url == "sqlite:///:memory:" {
+            return Ok(Self::Memory);
+        }
+        let path = if let Some(rest) = url.strip_prefix("sqlite:///") {
+            // `sqlite:///./app.db` is relative, `sqlite:////data/app.db` absolute: the path is
+            // everything after the third slash, as in SQLAlchemy.
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if url.contains("://") {
+            return Err(format!(
+                "uses an unsupported scheme (only SQLite is supported): {}",
+                url.split("://").next().unwrap_or_default()
+            ));
+        } else {
+            url
+        };
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("names no database file".into());
+        }
+        Ok(Self::File(PathBuf::from(path)))
+    }
+}
+
+impl fmt::Display for DatabaseLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Memory => f.write_str(":memory:"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where the signing secret came from; a generated one is announced loudly at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    Configured,
+    Generated,
+}
+
+/// The checked configuration of one server.
+#[derive(Clone)]
+pub struct Config {
+    pub jwt_secret: Vec<u8>,
+    pub secret_source: SecretSource,
+    pub jwt_algorithm: Algorithm,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub access_token_minutes: u32,
+    pub refresh_token_days: u32,
+    pub database: DatabaseLocation,
+    pub host: IpAddr,
+    pub port: u16,
+    pub password_min_length: usize,
+    pub bcrypt_cost: u32,
+    pub log_format: LogFormat,
+    pub rust_log: String,
+    pub cors_origins: Vec<String>,
+    pub login_max_failures: u32,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("Config")
+            .field("jwt_secret", &"<redacted>")
+            .field("secret_source", &self.secret_source)
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("access_token_minutes", &self.access_token_minutes)
+            .field("refresh_token_days", &self.refresh_token_days)
+            .field("database", &self.database)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password_min_length", &self.password_min_length)
+            .field("bcrypt_cost", &self.bcrypt_cost)
+            .field("log_format", &self.log_format)
+            .field("cors_origins", &self.cors_origins)
+            .field("login_max_failures", &self.login_max_failures)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Reads `.env` from the working directory (if present) under the process environment, which
+    /// wins, and checks the result.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        match dotenvy::from_path_iter(".env") {
+            Ok(iter) => {
+                for item in iter {
+                    let (key, value) =
+                        item.map_err(|e| ConfigError(format!(".env could not be read: {e}")))?;
+                    vars.insert(key, value);
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(ConfigError(format!(".env could not be read: {e}"))),
+        }
+        // Variables whose value is not Unicode are skipped here; none of ours can be like that.
+        vars.extend(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        );
+        Self::from_vars(vars)
+    }
+
+    /// Checks a configuration given as `NAME=value` pairs (names as in the environment; a later
+    /// pair overrides an earlier one).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        // Only our own upper-case names: envy lower-cases keys, and an unrelated `port` (lower
+        // case) must not shadow `PORT`.
+        // A later pair wins over an earlier one of the same name.
+        let ours: HashMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _): &(String, String)| {
+                k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
+            .collect();
+        let raw: RawConfig = envy::from_iter(ours).map_err(|e| ConfigError(e.to_string()))?;
+        Self::check(raw)
+    }
+
+    fn check(raw: RawConfig) -> Result<Self, ConfigError> {
+        let jwt_algorithm = match raw.jwt_algorithm.as_deref().map(str::trim) {
+            None | Some("HS256") => Algorithm::HS256,
+            Some("HS384") => Algorithm::HS384,
+            Some("HS512") => Algorithm::HS512,
+            Some(other) => {
+                return Err(bad(
+                    "JWT_ALGORITHM",
+                    format!("must be HS256, HS384 or HS512, not {other:?}"),
+                ));
+            }
+        };
+        let min_secret = match jwt_algorithm {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        };
+        let (jwt_secret, secret_source) = match raw.jwt_secret {
+            None => {
+                let mut secret = vec![0u8; 64];
+                rand::fill(&mut secret[..]);
+                (secret, SecretSource::Generated)
+            }
+            Some(secret) => {
+                let lowered = secret.trim().to_ascii_lowercase();
+                if PLACEHOLDER_SECRETS.contains(&lowered.as_str())
+                    || lowered.contains("replace_me")
+                    || lowered.contains("change_me")
+                    || lowered.contains("changeme")
+                {
+                    return Err(bad(
+                        "JWT_SECRET",
+                        "is a placeholder value; generate one, e.g. with `openssl rand -base64 48`",
+                    ));
+                }
+                if secret.len() < min_secret {
+                    return Err(bad(
+                        "JWT_SECRET",
+                        format!(
+                            "must be at least {min_secret} bytes for {jwt_algorithm:?} (it has {})",
+                            secret.len()
+                        ),
+                    ));
+                }
+                (secret.into_bytes(), SecretSource::Configured)
+            }
+        };
+
+        let non_empty = |var: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+            match value {
+                Some(v) if v.trim().is_empty() => Err(bad(var, "is set but empty")),
+                Some(v) => Ok(Some(v.trim().to_owned())),
+                None => Ok(None),
+            }
+        };
+        let jwt_issuer = non_empty("JWT_ISSUER", raw.jwt_issuer)?;
+        let jwt_audience = non_empty("JWT_AUDIENCE", raw.jwt_audience)?;
+
+        let access_token_minutes = in_range(
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            raw.access_token_expire_minutes,
+            60,
+            1,
+            60 * 24 * 365,
+        )?;
+        let refresh_token_days = in_range(
+            "REFRESH_TOKEN_EXPIRE_DAYS",
+            raw.refresh_token_expire_days,
+            14,
+            1,
+            3650,
+        )?;
+
+        let database =
+            DatabaseLocation::parse(raw.database_url.as_deref().unwrap_or("sqlite:///./app.db"))
+                .map_err(|why| bad("DATABASE_URL", why))?;
+
+        let host = match raw.host.as_deref().map(str::trim) {
+            None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Some(h) => h.parse().map_err(|_| {
+                bad(
+                    "HOST",
+                    format!("must be an IP address or localhost, not {h:?}"),
+                )
+            })?,
+        };
+        let port = raw.port.unwrap_or(8000);
+
+        let password_min_length =
+            in_range("PASSWORD_MIN_LENGTH", raw.password_min_length, 8, 8, 64)? as usize;
+        let bcrypt_cost = in_range("BCRYPT_COST", raw.bcrypt_cost, 12, 4, 31)?;
+
+        let log_format = match raw.log_format.as_deref().map(str::trim) {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(bad(
+                    "LOG_FORMAT",
+                    format!("must be pretty or json, not {other:?}"),
+                ));
+            }
+        };
+        let rust_log = raw.rust_log.unwrap_or_else(|| "info".to_owned());
+
+        let mut cors_origins = Vec::new();
+        for origin in raw.cors_origins.as_deref().unwrap_or("").split(',') {
+            let origin = origin.trim();
+            if origin.is_empty() {
+                continue;
+            }
+            let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.is_ascii()
+                && !origin.contains(char::is_whitespace);
+            if !valid && origin != "*" {
+                return Err(bad(
+                    "CORS_ORIGINS",
+                    format!(
+                        "holds {origin:?}; origins look like https://app.example.com (no path, no trailing slash)"
+                    ),
+                ));
+            }
+            cors_origins.push(origin.to_owned());
+        }
+
+        let login_max_failures = in_range(
+            "LOGIN_MAX_FAILURES",
+            raw.login_max_failures,
+            10,
+            0,
+            1_000_000,
+        )?;
+
+        Ok(Self {
+            jwt_secret,
+            secret_source,
+            jwt_algorithm,
+            jwt_issuer,
+            jwt_audience,
+            access_token_minutes,
+            refresh_token_days,
+            database,
+            host,
+            port,
+            password_min_length,
+            bcrypt_cost,
+            log_format,
+            rust_log,
+            cors_origins,
+            login_max_failures,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+fn in_range(
+    var: &str,
+    value: Option<i64>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let value = value.unwrap_or(i64::from(default));
+    if value < i64::from(min) || value > i64::from(max) {
+        return Err(bad(
+            var,
+            format!("must be between {min} and {max}, not {value}"),
+        ));
+    }
+    // In range, so it fits.
+    Ok(value as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.secret_source, SecretSource::Generated);
+        assert_eq!(c.jwt_secret.len(), 64);
+        assert_eq!(c.jwt_algorithm, Algorithm::HS256);
+        assert_eq!(c.access_token_minutes, 60);
+        assert_eq!(c.refresh_token_days, 14);
+        assert_eq!(c.database, DatabaseLocation::File("./app.db".into()));
+        assert_eq!(c.addr().to_string(), "127.0.0.1:8000");
+        assert_eq!(c.password_min_length, 8);
+        assert_eq!(c.bcrypt_cost, 12);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert!(c.cors_origins.is_empty());
+        assert_eq!(c.login_max_failures, 10);
+    }
+
+    #[test]
+    fn database_urls() {
+        let p = |s| DatabaseLocation::parse(s);
+        assert_eq!(
+            p("sqlite:///./app.db"),
+            Ok(DatabaseLocation::File("./app.db".into()))
+        );
+        assert_eq!(
+            p("sqlite:////data/app.db"),
+            Ok(DatabaseLocation::File("/data/app.db".into()))
+        );
+        assert_eq!(
+            p("sqlite://data/app.db"),
+            Ok(DatabaseLocation::File("data/app.db".into()))
+        );
+        assert_eq!(
+            p("/tmp/x.db"),
+            Ok(DatabaseLocation::File("/tmp/x.db".into()))
+        );
+        assert_eq!(p("sqlite::memory:"), Ok(DatabaseLocation::Memory));
+        assert!(p("postgres://localhost/db").is_err());
+        assert!(p("sqlite://").is_err());
+        assert!(p("").is_err());
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("PORT", "eighty"),
+            ("PORT", "70000"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "-5"),
+            ("REFRESH_TOKEN_EXPIRE_DAYS", "0"),
+            ("JWT_ALGORITHM", "RS256"),
+            ("JWT_ALGORITHM", "none"),
+            ("LOG_FORMAT", "xml"),
+            ("DATABASE_URL", "mysql://db/app"),
+            ("PASSWORD_MIN_LENGTH", "4"),
+            ("PASSWORD_MIN_LENGTH", "65"),
+            ("BCRYPT_COST", "3"),
+            ("BCRYPT_COST", "32"),
+            ("JWT_SECRET", "short"),
+            ("JWT_SECRET", "replace_me_with_a_long_random_value"),
+            ("HOST", "not a host"),
+            ("LOGIN_MAX_FAILURES", "-1"),
+            ("CORS_ORIGINS", "app.example.com"),
+            ("JWT_ISSUER", " "),
+        ];
+        for (var, value) in cases {
+            let err = cfg(&[(var, value)]).expect_err(&format!("{var}={value} must be refused"));
+            assert!(err.to_string().contains(var), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn secret_length_depends_on_the_algorithm() {
+        let s48 = &SECRET[..48];
+        assert!(cfg(&[("JWT_SECRET", &SECRET[..32])]).is_ok());
+        assert!(cfg(&[("JWT_SECRET", &SECRET[..31])]).is_err());
+        assert!(cfg(&[("JWT_SECRET", &SECRET[..47]), ("JWT_ALGORITHM", "HS384")]).is_err());
+        assert!(cfg(&[("JWT_SECRET", s48), ("JWT_ALGORITHM", "HS384")]).is_ok());
+        assert!(cfg(&[("JWT_SECRET", s48), ("JWT_ALGORITHM", "HS512")]).is_err());
+        let c = cfg(&[("JWT_SECRET", SECRET), ("JWT_ALGORITHM", "HS512")]).unwrap();
+        assert_eq!(c.secret_source, SecretSource::Configured);
+    }
+
+    #[test]
+    fn the_secret_never_appears_in_debug_output() {
+        let c = cfg(&[("JWT_SECRET", SECRET)]).unwrap();
+        assert!(!format!("{c:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn lower_case_names_are_not_ours() {
+        let c = cfg(&[("port", "1")]).unwrap();
+        assert_eq!(c.port, 8000);
+    }
+}

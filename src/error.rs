@@ -1,0 +1,249 @@
+//! One error type and one mapping to `application/problem+json` (RFC 9457).
+//!
+//! Domain code returns [`ApiError`]; filters turn it into a rejection; [`recover`] turns every
+//! rejection (ours and warp's own: 404, 405, 413, 415, bad headers) into a problem response.
+//! Causes of server-side failures are logged with the request's span (so with its request id) and
+//! never sent: the client gets a generic detail. No variant carries a submitted password.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use tokio_rusqlite::rusqlite::{self, ErrorCode};
+use utoipa::ToSchema;
+use warp::Rejection;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const CHALLENGE: &str = "Bearer realm=\"warp-auth-api\"";
+const CHALLENGE_INVALID: &str = "Bearer realm=\"warp-auth-api\", error=\"invalid_token\"";
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field's name as sent (`password`, `email`, …).
+    #[schema(example = "password")]
+    pub field: String,
+    /// What is wrong with it. Never the submitted value.
+    #[schema(example = "must be at least 8 characters")]
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An error response (RFC 9457 problem details).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": "Invalid or expired token"}))]
+pub struct Problem {
+    /// Always `about:blank`: the status says what kind of problem this is.
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub type_: &'static str,
+    /// The status's reason phrase.
+    #[schema(example = "Unauthorized")]
+    pub title: &'static str,
+    /// The HTTP status code.
+    #[schema(example = 401)]
+    pub status: u16,
+    /// What went wrong, for a human.
+    #[schema(example = "Invalid or expired token")]
+    pub detail: String,
+    /// On validation failures: every bad field at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("The request is not valid")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Invalid email or password")]
+    InvalidCredentials,
+    #[error("Not authenticated: send an Authorization: Bearer token")]
+    MissingToken,
+    #[error("Invalid or expired token")]
+    InvalidToken,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("Method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("Email already registered")]
+    EmailTaken,
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("Request body is larger than 16 KiB")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("Too many login attempts; try again in {retry_after} seconds")]
+    TooManyAttempts { retry_after: u64 },
+    #[error("The server is busy hashing passwords; try again shortly")]
+    Overloaded,
+    /// The database is locked, full or failing: a passing condition, so 503 with `Retry-After`.
+    #[error("The database is temporarily unavailable; try again shortly")]
+    Unavailable(String),
+    /// Anything unexpected. The cause is logged, never sent.
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory,
+            ) => ApiError::Unavailable(err.to_string()),
+            _ => ApiError::Internal(format!("database: {err}")),
+        }
+    }
+}
+
+impl From<tokio_rusqlite::Error<ApiError>> for ApiError {
+    fn from(err: tokio_rusqlite::Error<ApiError>) -> Self {
+        match err {
+            tokio_rusqlite::Error::Error(e) => e,
+            other => ApiError::Internal(format!("database connection: {other}")),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::EmailTaken | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The problem+json response for this error; server-side causes are logged here, once.
+    pub fn to_response(&self) -> Response {
+        match self {
+            Self::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
+            Self::Unavailable(cause) => tracing::warn!(cause = %cause, "database unavailable"),
+            Self::Overloaded => tracing::warn!("password hashing queue full"),
+            _ => {}
+        }
+        let errors = match self {
+            Self::Validation(errors) => Some(errors.clone()),
+            _ => None,
+        };
+        let mut response = problem(self.status(), self.to_string(), errors);
+        let headers = response.headers_mut();
+        match self {
+            Self::MissingToken | Self::InvalidCredentials => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(CHALLENGE),
+                );
+            }
+            Self::InvalidToken => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(CHALLENGE_INVALID),
+                );
+            }
+            Self::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::TooManyAttempts { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            Self::Overloaded | Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A problem+json response with the given status and detail.
+pub fn problem(status: StatusCode, detail: String, errors: Option<Vec<FieldError>>) -> Response {
+    let body = Problem {
+        type_: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        errors,
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(json.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+/// The one rejection handler: every rejection becomes a problem+json response.
+pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
+        PayloadTooLarge, UnsupportedMediaType,
+    };
+    if let Some(e) = err.find::<ApiError>() {
+        return Ok(e.to_response());
+    }
+    let response = if err.is_not_found() {
+        ApiError::NotFound("No resource at this path").to_response()
+    } else if err.find::<PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge.to_response()
+    } else if err.find::<UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType("Unsupported content type").to_response()
+    } else if err.find::<LengthRequired>().is_some() {
+        problem(
+            StatusCode::LENGTH_REQUIRED,
+            "A Content-Length is required".into(),
+            None,
+        )
+    } else if let Some(e) = err.find::<InvalidHeader>() {
+        ApiError::BadRequest(e.to_string()).to_response()
+    } else if let Some(e) = err.find::<MissingHeader>() {
+        ApiError::BadRequest(e.to_string()).to_response()
+    } else if err.find::<warp::filters::cors::CorsForbidden>().is_some() {
+        ApiError::Forbidden("This origin is not allowed (CORS_ORIGINS)").to_response()
+    } else if err.find::<InvalidQuery>().is_some() {
+        ApiError::BadRequest("Invalid query string".into()).to_response()
+    } else if err.find::<MethodNotAllowed>().is_some() {
+        // Every path has its own method fallback with an `Allow` list (see `filters::allow`), so
+        // this is only reached by a route that forgot one.
+        problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed".into(),
+            None,
+        )
+    } else {
+        ApiError::Internal(format!("unhandled rejection: {err:?}")).to_response()
+    };
+    Ok(response)
+}

@@ -1,0 +1,313 @@
+//! The composable pieces every route is built from: state injection, bodies, authentication and
+//! the per-path method fallback.
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use validator::ValidateArgs;
+use warp::http::{HeaderValue, Method};
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{Role, Store, User};
+use crate::tokens;
+use crate::validation::{self, Rules};
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// The database handle, for handlers that need nothing else.
+pub fn with_db(
+    store: &Store,
+) -> impl Filter<Extract = (Store,), Error = Infallible> + Clone + use<> {
+    let store = store.clone();
+    warp::any().map(move || store.clone())
+}
+
+/// The whole application state.
+pub fn with_state(
+    state: &AppState,
+) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone + use<> {
+    let state = state.clone();
+    warp::any().map(move || state.clone())
+}
+
+/// The client's address, as the server saw the connection (set by `server::serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
+pub fn client_addr() -> impl Filter<Extract = (Option<ClientAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<ClientAddr>()
+}
+
+/// The kinds of body a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Form,
+}
+
+impl BodyKind {
+    fn of(content_type: &str) -> Option<Self> {
+        let mut parts = content_type.split(';');
+        let essence = parts.next().unwrap_or_default().trim();
+        // A charset other than UTF-8 would be misread: refuse it as an unsupported type.
+        let charset_ok = parts.all(|p| match p.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+                v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+            }
+            _ => true,
+        });
+        if !charset_ok {
+            return None;
+        }
+        if essence.eq_ignore_ascii_case("application/json") {
+            Some(Self::Json)
+        } else if essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            Some(Self::Form)
+        } else {
+            None
+        }
+    }
+}
+
+/// The body of a request whose content type is one of `accepted`, read up to [`BODY_LIMIT`]
+/// whether or not a `Content-Length` announces its size (a chunked body is counted as it comes).
+pub fn body_of(
+    accepted: &'static [BodyKind],
+) -> impl Filter<Extract = (BodyKind, Bytes), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::header::optional::<String>("content-type"))
+        .and_then(
+            move |length: Option<u64>, content_type: Option<String>| async move {
+                if length.is_some_and(|n| n > BODY_LIMIT as u64) {
+                    return Err(Rejection::from(ApiError::PayloadTooLarge));
+                }
+                match content_type.as_deref().and_then(BodyKind::of) {
+                    Some(kind) if accepted.contains(&kind) => Ok(kind),
+                    _ => Err(ApiError::UnsupportedMediaType(
+                        if accepted.contains(&BodyKind::Form) {
+                            "Send application/json or application/x-www-form-urlencoded"
+                        } else {
+                            "Send application/json"
+                        },
+                    )
+                    .into()),
+                }
+            },
+        )
+        .and(warp::body::stream())
+        .and_then(|kind: BodyKind, stream| async move {
+            let bytes = read_limited(stream).await?;
+            Ok::<_, Rejection>((kind, bytes))
+        })
+        .untuple_one()
+}
+
+async fn read_limited<S, B>(stream: S) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("Could not read the body: {e}")))?;
+        if body.len() + chunk.remaining() > BODY_LIMIT {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            let n = piece.len();
+            body.extend_from_slice(piece);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// A JSON body of type `T`: size limit → content type → JSON → validation, each failure a
+/// problem+json (413, 415, 400 naming the fields).
+pub fn json_body<T>(
+    rules: &Arc<Rules>,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone + use<T>
+where
+    T: DeserializeOwned + for<'a> ValidateArgs<'a, Args = &'a Rules> + Send + 'static,
+{
+    let rules = rules.clone();
+    body_of(&[BodyKind::Json]).and_then(move |_kind, body: Bytes| {
+        let rules = rules.clone();
+        async move { validation::parse_json::<T>(&body, &rules).map_err(Rejection::from) }
+    })
+}
+
+/// The `Authorization` header as far as authentication cares.
+enum Credentials {
+    Bearer(String),
+    /// No header, or another scheme: no token was sent.
+    Absent,
+    /// A header that is not even text: a token was sent, and it is bad.
+    Unreadable,
+}
+
+impl FromStr for Credentials {
+    type Err = Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Credentials::Bearer(token.trim().to_owned())
+            }
+            _ if s.trim().eq_ignore_ascii_case("bearer") => Credentials::Bearer(String::new()),
+            _ => Credentials::Absent,
+        })
+    }
+}
+
+/// The authenticated caller: the user as stored now, and the session the token belongs to.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub user: User,
+    pub session_id: String,
+}
+
+/// `Authorization: Bearer <access token>` → the current user and session. The token must verify
+/// and its session and user must still exist, so logout and revocation take effect at once.
+pub fn with_auth(
+    state: &AppState,
+) -> impl Filter<Extract = (Auth,), Error = Rejection> + Clone + use<> {
+    let state = state.clone();
+    warp::header::optional::<Credentials>("authorization")
+        .or_else(|_| async { Ok::<_, Rejection>((Some(Credentials::Unreadable),)) })
+        .and_then(move |credentials: Option<Credentials>| {
+            let state = state.clone();
+            async move {
+                authenticate(&state, credentials)
+                    .await
+                    .map_err(Rejection::from)
+            }
+        })
+}
+
+async fn authenticate(
+    state: &AppState,
+    credentials: Option<Credentials>,
+) -> Result<Auth, ApiError> {
+    let token = match credentials {
+        None | Some(Credentials::Absent) => return Err(ApiError::MissingToken),
+        Some(Credentials::Unreadable) => return Err(ApiError::InvalidToken),
+        Some(Credentials::Bearer(token)) => token,
+    };
+    let claims = state.tokens.verify(&token)?;
+    let user = state
+        .store
+        .session_user(
+            claims.session_id.clone(),
+            claims.user_id,
+            tokens::now_seconds(),
+        )
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    Ok(Auth {
+        user,
+        session_id: claims.session_id,
+    })
+}
+
+/// `with_auth`, then the caller's role (as stored now) must be admin, else 403.
+pub fn with_admin(
+    state: &AppState,
+) -> impl Filter<Extract = (Auth,), Error = Rejection> + Clone + use<> {
+    with_auth(state).and_then(|auth: Auth| async move {
+        if auth.user.role == Role::Admin {
+            Ok(auth)
+        } else {
+            Err(Rejection::from(ApiError::Forbidden(
+                "This needs the admin role",
+            )))
+        }
+    })
+}
+
+/// The last branch of every path: a method the path does not serve gets 405 with `Allow`
+/// (`allowed` is that header's value, e.g. `"GET, PATCH"`); a method it does serve falls through
+/// with a not-found rejection, so the error of the branch that ran (401, 400, …) is the answer.
+pub fn allow(
+    allowed: &'static str,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::method().and_then(move |method: Method| async move {
+        if allowed.split(", ").any(|m| m == method.as_str()) {
+            Err(warp::reject::not_found())
+        } else {
+            Err(Rejection::from(ApiError::MethodNotAllowed {
+                allow: allowed,
+            }))
+        }
+    })
+}
+
+/// A request id: the caller's `X-Request-Id` when it is 1 to 64 characters of `A-Za-z0-9._-`,
+/// else a new one.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl FromStr for RequestId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let valid = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if valid {
+            HeaderValue::from_str(s).map(RequestId).map_err(|_| ())
+        } else {
+            Err(())
+        }
+    }
+}
+
+impl RequestId {
+    fn generate() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        // 32 hex digits are always a valid header value.
+        RequestId(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
+    }
+
+    /// The id to answer a request with, given its `X-Request-Id` header.
+    pub fn for_header(given: Option<&HeaderValue>) -> HeaderValue {
+        given
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<RequestId>().ok())
+            .unwrap_or_else(RequestId::generate)
+            .0
+    }
+}
+
+/// The request's id (recorded into the request span) and its start time.
+pub struct RequestContext {
+    pub id: HeaderValue,
+    pub start: Instant,
+}
+
+pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Rejection> + Clone {
+    warp::header::optional::<RequestId>("x-request-id")
+        .or_else(|_| async { Ok::<_, Rejection>((None,)) })
+        .map(|id: Option<RequestId>| {
+            let id = id.unwrap_or_else(RequestId::generate).0;
+            if let Ok(text) = id.to_str() {
+                tracing::Span::current().record("request_id", text);
+            }
+            RequestContext {
+                id,
+                start: Instant::now(),
+            }
+        })
+}

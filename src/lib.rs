@@ -1,0 +1,152 @@
+//! warp-auth-api: user registration, login with JWT and sessions, on warp and SQLite.
+//!
+//! [`app`] is the whole HTTP surface as one warp filter: `main` serves it and the tests drive it.
+//! Requests flow: request id → routes (path → method → auth → body → handler) → one `recover` →
+//! CORS → response headers, all inside one tracing span per request.
+
+pub mod config;
+pub mod error;
+pub mod filters;
+pub mod password;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+pub mod validation;
+
+use std::sync::Arc;
+
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, Method, header};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::config::Config;
+use crate::password::PasswordHasher;
+use crate::store::Store;
+use crate::tokens::TokenKeys;
+use crate::validation::Rules;
+
+/// Everything a request may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub tokens: Arc<TokenKeys>,
+    pub hasher: PasswordHasher,
+    pub rules: Arc<Rules>,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] store::OpenError),
+    #[error("{0}")]
+    Setup(#[from] error::ApiError),
+}
+
+impl AppState {
+    /// Opens the database, starts the hashing pool and prepares the signing keys.
+    pub async fn new(config: Config) -> Result<Self, StartError> {
+        let store = Store::open(&config.database).await?;
+        let hasher = PasswordHasher::with_cpu_count(config.bcrypt_cost)?;
+        Self::with_parts(config, store, hasher)
+    }
+
+    /// Assembles a state from parts that are already set up (tests size the hashing pool).
+    pub fn with_parts(
+        config: Config,
+        store: Store,
+        hasher: PasswordHasher,
+    ) -> Result<Self, StartError> {
+        Ok(Self {
+            tokens: Arc::new(TokenKeys::new(&config)?),
+            rules: Arc::new(Rules {
+                password_min_length: config.password_min_length,
+            }),
+            config: Arc::new(config),
+            store,
+            hasher,
+        })
+    }
+}
+
+/// The whole service: every route, one `recover`, CORS, the common headers and the request span.
+pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
+    let routes = routes::ops::routes(&state)
+        .or(routes::users::routes(&state))
+        .unify()
+        .boxed();
+    let api = routes.recover(error::recover).unify().boxed();
+    let api = with_cors(api, &state.config.cors_origins);
+    filters::request_context()
+        .and(api)
+        .map(finish)
+        .with(warp::trace(request_span))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+/// Adds CORS for the configured origins; its own refusals (an origin not on the list) go through
+/// the same `recover`.
+fn with_cors(api: BoxedFilter<(Response,)>, origins: &[String]) -> BoxedFilter<(Response,)> {
+    if origins.is_empty() {
+        return api;
+    }
+    let mut cors = warp::cors()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            header::LOCATION,
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin();
+    } else {
+        cors = cors.allow_origins(origins.iter().map(String::as_str));
+    }
+    api.with(cors)
+        .map(Reply::into_response)
+        .recover(error::recover)
+        .unify()
+        .boxed()
+}
+
+fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %info.method(),
+        path = %info.path(),
+        request_id = tracing::field::Empty,
+    )
+}
+
+/// Headers every response carries, and the one access-log line per request.
+fn finish(ctx: filters::RequestContext, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", ctx.id);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let status = response.status().as_u16();
+    // Whole microseconds, so the figure prints short.
+    let latency_ms = ctx.start.elapsed().as_micros() as f64 / 1000.0;
+    if status >= 500 {
+        tracing::error!(status, latency_ms, "request finished");
+    } else {
+        tracing::info!(status, latency_ms, "request finished");
+    }
+    response
+}

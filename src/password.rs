@@ -1,0 +1,262 @@
+//! Password rules and bcrypt, run on a small pool of dedicated threads.
+//!
+//! bcrypt at cost 12 takes a quarter of a second of CPU. Run on the async workers, a handful of
+//! logins would stall every other request, so hashing and verifying go to a fixed pool (one thread
+//! per CPU) fed by a bounded queue. A full queue answers 503 at once rather than letting waits
+//! grow without limit.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+use std::thread;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+
+/// bcrypt reads at most 72 bytes; a longer password would be silently truncated, so it is refused.
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
+static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../assets/common-passwords.txt")
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+});
+
+/// Checks a new password against the registration rules; the message never contains the password.
+pub fn check_new_password(password: &str, min_chars: usize) -> Result<(), String> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit); multi-byte characters count more than once"
+        ));
+    }
+    if password.chars().count() < min_chars {
+        return Err(format!("must be at least {min_chars} characters"));
+    }
+    if COMMON_PASSWORDS.contains(password.to_lowercase().as_str()) {
+        return Err("is one of the most common passwords; choose another".into());
+    }
+    Ok(())
+}
+
+enum Job {
+    Hash {
+        password: String,
+        reply: oneshot::Sender<Result<String, bcrypt::BcryptError>>,
+    },
+    Verify {
+        password: String,
+        hash: String,
+        reply: oneshot::Sender<Result<bool, bcrypt::BcryptError>>,
+    },
+}
+
+/// Hashes and verifies passwords on the pool. Cheap to clone; the threads end with the last clone.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    jobs: Sender<Job>,
+    cost: u32,
+    workers: usize,
+    /// Verified against when the email is unknown, so that a login takes as long either way.
+    dummy_hash: std::sync::Arc<str>,
+}
+
+impl PasswordHasher {
+    /// Starts `workers` threads with a queue of `queue` waiting jobs.
+    pub fn new(cost: u32, workers: usize, queue: usize) -> Result<Self, ApiError> {
+        let workers = workers.max(1);
+        let (jobs, inbox) = crossbeam_channel::bounded::<Job>(queue);
+        for i in 0..workers {
+            let inbox = inbox.clone();
+            thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(move || {
+                    // Ends when every sender is gone.
+                    for job in inbox {
+                        run(job, cost);
+                    }
+                })
+                .map_err(|e| ApiError::Internal(format!("cannot start a hashing thread: {e}")))?;
+        }
+        let dummy_hash = bcrypt::hash("warp-auth-api dummy password", cost)
+            .map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))?
+            .into();
+        Ok(Self {
+            jobs,
+            cost,
+            workers,
+            dummy_hash,
+        })
+    }
+
+    /// One thread per CPU and a queue that a burst of logins fits in.
+    pub fn with_cpu_count(cost: u32) -> Result<Self, ApiError> {
+        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cost, workers, (16 * workers).max(32))
+    }
+
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Hash { password, reply })?;
+        let result = answer
+            .await
+            .map_err(|_| ApiError::Internal("hashing thread ended".into()))?;
+        result.map_err(|e| ApiError::Internal(format!("bcrypt: {e}")))
+    }
+
+    /// Verifies `password` against `hash`, or against a dummy hash when there is none, so that an
+    /// unknown email costs the same time as a wrong password. A malformed stored hash is an error.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Verify {
+            password,
+            hash,
+            reply,
+        })?;
+        let result = answer
+            .await
+            .map_err(|_| ApiError::Internal("hashing thread ended".into()))?;
+        match result {
+            Ok(ok) => Ok(ok && known),
+            // A password over 72 bytes: no stored hash can match it.
+            Err(bcrypt::BcryptError::Truncation(_)) => Ok(false),
+            Err(e) => Err(ApiError::Internal(format!("bcrypt: {e}"))),
+        }
+    }
+
+    /// Whether a stored hash was made with another cost than the configured one.
+    pub fn needs_rehash(&self, hash: &str) -> bool {
+        hash.parse::<bcrypt::HashParts>()
+            .map(|parts| parts.get_cost() != self.cost)
+            .unwrap_or(true)
+    }
+
+    fn submit(&self, job: Job) -> Result<(), ApiError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => ApiError::Overloaded,
+            TrySendError::Disconnected(_) => ApiError::Internal("hashing pool stopped".into()),
+        })
+    }
+}
+
+fn run(job: Job, cost: u32) {
+    // bcrypt uses the first 72 bytes; validation refuses longer passwords before they get here,
+    // and this keeps it so should a caller forget. (bcrypt's "non-truncating" functions would also
+    // refuse a password of exactly 72 bytes, which loses nothing, hence the check by hand.)
+    match job {
+        Job::Hash { password, reply } => {
+            let result = if password.len() > MAX_PASSWORD_BYTES {
+                Err(bcrypt::BcryptError::Truncation(password.len()))
+            } else {
+                bcrypt::hash(password, cost)
+            };
+            let _ = reply.send(result);
+        }
+        Job::Verify {
+            password,
+            hash,
+            reply,
+        } => {
+            let result = if password.len() > MAX_PASSWORD_BYTES {
+                Err(bcrypt::BcryptError::Truncation(password.len()))
+            } else {
+                bcrypt::verify(password, &hash)
+            };
+            let _ = reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules() {
+        assert_eq!(check_new_password("MyStrongPass123", 8), Ok(()));
+        assert!(check_new_password("short", 8).is_err());
+        assert!(
+            check_new_password("Password", 8).is_err(),
+            "common, case-insensitively"
+        );
+        assert!(check_new_password("MyStrongPass123", 16).is_err());
+        // 24 three-byte characters: 24 characters but 72 bytes, allowed; one more is 75 bytes.
+        let at_limit = "€".repeat(24);
+        assert_eq!(check_new_password(&at_limit, 8), Ok(()));
+        assert!(check_new_password(&"€".repeat(25), 8).is_err());
+    }
+
+    #[test]
+    fn the_list_is_compiled_in() {
+        assert!(COMMON_PASSWORDS.len() >= 4000);
+        assert!(COMMON_PASSWORDS.contains("iloveyou"));
+    }
+
+    #[tokio::test]
+    async fn hash_and_verify_on_the_pool() {
+        let hasher = PasswordHasher::new(4, 2, 8).unwrap();
+        let hash = hasher.hash("MyStrongPass123".into()).await.unwrap();
+        assert!(hash.starts_with("$2b$04$"));
+        assert!(
+            hasher
+                .verify("MyStrongPass123".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("wrong password".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(!hasher.verify("MyStrongPass123".into(), None).await.unwrap());
+        assert!(!hasher.needs_rehash(&hash));
+        assert!(PasswordHasher::new(5, 1, 1).unwrap().needs_rehash(&hash));
+        // 72 bytes are all used; 73 are refused rather than truncated.
+        let at_limit = "€".repeat(24);
+        let hash = hasher.hash(at_limit.clone()).await.unwrap();
+        assert!(
+            hasher
+                .verify(at_limit.clone(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(format!("{at_limit}x"), Some(hash))
+                .await
+                .unwrap()
+        );
+        assert!(hasher.hash(format!("{at_limit}x")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        // One worker, a queue of one: flood it and at least one job must be refused with 503.
+        let hasher = PasswordHasher::new(10, 1, 1).unwrap();
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let h = hasher.clone();
+                tokio::spawn(async move { h.hash("MyStrongPass123".into()).await })
+            })
+            .collect();
+        let mut overloaded = 0;
+        for t in tasks {
+            if let Err(ApiError::Overloaded) = t.await.unwrap() {
+                overloaded += 1;
+            }
+        }
+        assert!(overloaded >= 1);
+    }
+}

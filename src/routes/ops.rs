@@ -1,0 +1,49 @@
+//! Operations: liveness and readiness.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::filters::{allow, with_db};
+use crate::store::Store;
+
+pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
+    // GET /health
+    let health = warp::path!("health").and(
+        warp::get()
+            .map(|| warp::reply::json(&Status { status: "ok" }).into_response())
+            .or(allow("GET"))
+            .unify(),
+    );
+
+    // GET /health/ready
+    let ready = warp::path!("health" / "ready").and(
+        warp::get()
+            .and(with_db(&state.store))
+            .and_then(ready)
+            .or(allow("GET"))
+            .unify(),
+    );
+
+    health.or(ready).unify().boxed()
+}
+
+/// The process's or the database's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// GET /health/ready: 200 when the database answers, else 503 problem+json.
+async fn ready(store: Store) -> Result<Response, Rejection> {
+    store.ping().await.map_err(|e| match e {
+        ApiError::Internal(cause) => ApiError::Unavailable(cause),
+        other => other,
+    })?;
+    Ok(warp::reply::json(&Status { status: "ok" }).into_response())
+}

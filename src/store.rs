@@ -1,0 +1,332 @@
+//! All SQL lives here, behind typed functions: handlers never see a connection.
+//!
+//! SQLite runs in WAL mode with foreign keys on, a busy timeout and `synchronous = FULL` (a
+//! commit that has been answered survives a power cut). The schema (`schema.sql`) is applied at
+//! every start; its version is kept in `PRAGMA user_version` and checked, so that a later release
+//! can migrate and an older binary refuses a newer database instead of corrupting it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_rusqlite::Connection;
+use tokio_rusqlite::rusqlite::{self, OptionalExtension, Row, TransactionBehavior, params};
+use utoipa::ToSchema;
+
+use crate::config::DatabaseLocation;
+use crate::error::ApiError;
+
+const SCHEMA: &str = include_str!("../schema.sql");
+pub const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A user's role; read on every request, so a change applies to live tokens at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Member,
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn from_db(s: &str) -> rusqlite::Result<Self> {
+        match s {
+            "member" => Ok(Role::Member),
+            "admin" => Ok(Role::Admin),
+            other => Err(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown role {other:?}").into(),
+            )),
+        }
+    }
+}
+
+/// A user as the API shows it (never with its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z"}))]
+pub struct User {
+    #[schema(example = 1)]
+    pub id: i64,
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    #[schema(example = "Alice")]
+    pub full_name: Option<String>,
+    pub role: Role,
+    /// RFC 3339, UTC.
+    #[schema(example = "2026-01-01T12:00:00Z")]
+    pub created_at: String,
+}
+
+const USER_COLUMNS: &str = "u.id, u.email, u.full_name, u.role, u.created_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        full_name: row.get(2)?,
+        role: Role::from_db(&row.get::<_, String>(3)?)?,
+        created_at: row.get(4)?,
+    })
+}
+
+/// What login needs to check a password.
+#[derive(Debug)]
+pub struct Credentials {
+    pub user_id: i64,
+    pub password_hash: String,
+}
+
+/// A new session: its id, its user, the hash of its first refresh token and its end.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub user_id: i64,
+    pub refresh_hash: &'a [u8; 32],
+    pub now: u64,
+    pub expires_at: u64,
+}
+
+fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// The database handle (cheap to clone: every clone talks to the same connection thread).
+#[derive(Clone, Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+/// Why the database could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenError(String);
+
+impl Store {
+    /// Opens (creating if needed) the database, sets it up and applies the schema.
+    pub async fn open(location: &DatabaseLocation) -> Result<Self, OpenError> {
+        let conn = match location {
+            DatabaseLocation::Memory => Connection::open_in_memory().await,
+            DatabaseLocation::File(path) => Connection::open(path).await,
+        }
+        .map_err(|e| OpenError(format!("cannot open the database at {location}: {e}")))?;
+        let location_text = location.to_string();
+        conn.call(move |c| {
+            configure(c)?;
+            migrate(c)
+        })
+        .await
+        .map_err(|e| match e {
+            tokio_rusqlite::Error::Error(msg) => {
+                OpenError(format!("database at {location_text}: {msg}"))
+            }
+            other => OpenError(format!("database at {location_text}: {other}")),
+        })?;
+        Ok(Self { conn })
+    }
+
+    /// Runs `f` on the connection thread; rusqlite errors become `ApiError`s (locked → 503 …).
+    async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        Ok(self.conn.call(f).await?)
+    }
+
+    /// Closes the connection (at shutdown: the WAL is checkpointed). Later calls fail.
+    pub async fn close(&self) -> Result<(), ApiError> {
+        self.conn
+            .clone()
+            .close()
+            .await
+            .map_err(|e| ApiError::Internal(format!("closing the database: {e}")))
+    }
+
+    /// Answers when the database does (readiness).
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        self.call(|c| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn email_exists(&self, email: String) -> Result<bool, ApiError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM users WHERE email = ?1")?;
+            Ok(stmt.exists(params![email])?)
+        })
+        .await
+    }
+
+    /// Inserts a user; an email already present (in any case) is `EmailTaken`, also when two
+    /// registrations race: the database's unique index decides.
+    pub async fn create_user(
+        &self,
+        email: String,
+        full_name: Option<String>,
+        password_hash: String,
+        role: Role,
+    ) -> Result<User, ApiError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO users (email, full_name, password_hash, role) VALUES (?1, ?2, ?3, ?4)
+                 RETURNING id, email, full_name, role, created_at",
+            )?;
+            stmt.query_row(
+                params![email, full_name, password_hash, role.as_str()],
+                user_from_row,
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    ApiError::EmailTaken
+                } else {
+                    e.into()
+                }
+            })
+        })
+        .await
+    }
+
+    pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, ApiError> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, password_hash FROM users WHERE email = ?1")?;
+            Ok(stmt
+                .query_row(params![email], |row| {
+                    Ok(Credentials {
+                        user_id: row.get(0)?,
+                        password_hash: row.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Replaces a hash made with another cost (after a good login), leaving sessions alone.
+    pub async fn rehash_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<(), ApiError> {
+        self.call(move |c| {
+            c.prepare_cached(
+                "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3",
+            )?
+            .execute(params![new, user_id, old])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates a session for a user that still exists.
+    pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), ApiError> {
+        let (id, user_id, hash, now, expires_at) = (
+            s.id.to_owned(),
+            s.user_id,
+            s.refresh_hash.to_vec(),
+            to_i64(s.now),
+            to_i64(s.expires_at),
+        );
+        self.call(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
+                     SELECT ?1, id, ?3, ?4, ?5 FROM users WHERE id = ?2",
+                )?
+                .execute(params![id, user_id, hash, now, expires_at])?;
+            if inserted == 0 {
+                // The user was deleted between the password check and now.
+                return Err(ApiError::InvalidCredentials);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The user of a live session: the check behind every authenticated request.
+    pub async fn session_user(
+        &self,
+        session_id: String,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Option<User>, ApiError> {
+        let now = to_i64(now);
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3"
+            ))?;
+            Ok(stmt
+                .query_row(params![session_id, user_id, now], user_from_row)
+                .optional()?)
+        })
+        .await
+    }
+}
+
+fn to_i64(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+fn configure(c: &mut rusqlite::Connection) -> Result<(), String> {
+    c.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    // In memory the journal mode stays "memory"; on disk it must become WAL.
+    let mode: String = c
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if mode != "wal" && mode != "memory" {
+        return Err(format!("cannot switch to WAL journal mode (got {mode})"));
+    }
+    c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+        .map_err(|e| e.to_string())
+}
+
+fn migrate(c: &mut rusqlite::Connection) -> Result<(), String> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "its schema version is {version}, newer than this program's {SCHEMA_VERSION}; run a newer warp-auth-api"
+        ));
+    }
+    if version == 0 {
+        let tables: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if tables > 0 {
+            return Err(
+                "it holds tables that warp-auth-api did not create (a database of another \
+                 program?); point DATABASE_URL at a new file"
+                    .into(),
+            );
+        }
+    }
+    // Migrations from older versions go here, in order, before the idempotent schema.
+    tx.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}

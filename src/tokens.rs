@@ -1,0 +1,222 @@
+//! Access tokens (JWT, `typ: at+jwt`) and refresh tokens (opaque, stored only as SHA-256).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// The media type of access tokens (RFC 9068), written into and required in the JWT header.
+const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// Clock skew tolerated on `exp` and `iat`.
+const LEEWAY_SECONDS: u64 = 5;
+
+/// The claims of an access token.
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    iat: u64,
+    jti: String,
+    sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+}
+
+/// Who an accepted access token speaks for; the session still has to be checked in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub user_id: i64,
+    pub session_id: String,
+}
+
+/// Signs and checks access tokens with the configured secret and algorithm.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    header: Header,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+    ttl_seconds: u64,
+}
+
+impl TokenKeys {
+    pub fn new(config: &Config) -> Result<Self, ApiError> {
+        let key_error =
+            |e: jsonwebtoken::errors::Error| ApiError::Internal(format!("JWT key: {e}"));
+        let encoding = EncodingKey::from_secret(&config.jwt_secret).map_err(key_error)?;
+        let decoding = DecodingKey::from_secret(&config.jwt_secret).map_err(key_error)?;
+        let mut header = Header::new(config.jwt_algorithm);
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+
+        // Only the configured algorithm; `exp`, `iat`, `sub` required; iss/aud when configured.
+        let mut validation = Validation::new(config.jwt_algorithm);
+        validation.leeway = LEEWAY_SECONDS;
+        let mut required = vec!["exp", "iat", "sub"];
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &config.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        debug_assert!(matches!(
+            config.jwt_algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ));
+
+        Ok(Self {
+            encoding,
+            decoding,
+            header,
+            validation,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            ttl_seconds: u64::from(config.access_token_minutes) * 60,
+        })
+    }
+
+    /// Lifetime of an access token in seconds (the `expires_in` of a token response).
+    pub fn ttl_seconds(&self) -> u64 {
+        self.ttl_seconds
+    }
+
+    /// A new access token for this user and session.
+    pub fn issue(&self, user_id: i64, session_id: &str) -> Result<String, ApiError> {
+        let now = now_seconds();
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: now + self.ttl_seconds,
+            iat: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            sid: session_id.to_owned(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("JWT signing: {e}")))
+    }
+
+    /// Checks signature, algorithm, type, lifetime, issuer and audience. Every failure is the same
+    /// `InvalidToken`: a caller learns nothing about which check failed.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| ApiError::InvalidToken)?;
+        let typ_ok = data.header.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
+                || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok || data.claims.iat > now_seconds() + LEEWAY_SECONDS {
+            return Err(ApiError::InvalidToken);
+        }
+        let user_id = data
+            .claims
+            .sub
+            .parse()
+            .map_err(|_| ApiError::InvalidToken)?;
+        Ok(AccessClaims {
+            user_id,
+            session_id: data.claims.sid,
+        })
+    }
+}
+
+pub fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A new session id (the `sid` claim).
+pub fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A refresh token: 256 random bits, base64url. Only its hash is stored.
+pub struct RefreshToken {
+    pub token: String,
+    pub hash: [u8; 32],
+}
+
+impl RefreshToken {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::fill(&mut bytes);
+        let token = URL_SAFE_NO_PAD.encode(bytes);
+        let hash = hash_refresh_token(&token);
+        Self { token, hash }
+    }
+}
+
+pub fn hash_refresh_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(pairs: &[(&str, &str)]) -> TokenKeys {
+        let config =
+            Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        TokenKeys::new(&config).unwrap()
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn round_trip() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let t = k.issue(7, "s1").unwrap();
+        assert_eq!(
+            k.verify(&t).unwrap(),
+            AccessClaims {
+                user_id: 7,
+                session_id: "s1".into()
+            }
+        );
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_written_and_required() {
+        let with = keys(&[
+            ("JWT_SECRET", SECRET),
+            ("JWT_ISSUER", "me"),
+            ("JWT_AUDIENCE", "you"),
+        ]);
+        let without = keys(&[("JWT_SECRET", SECRET)]);
+        let other_iss = keys(&[
+            ("JWT_SECRET", SECRET),
+            ("JWT_ISSUER", "them"),
+            ("JWT_AUDIENCE", "you"),
+        ]);
+        assert!(with.verify(&with.issue(1, "s").unwrap()).is_ok());
+        assert!(with.verify(&without.issue(1, "s").unwrap()).is_err());
+        assert!(with.verify(&other_iss.issue(1, "s").unwrap()).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_long_and_hashed() {
+        let a = RefreshToken::generate();
+        let b = RefreshToken::generate();
+        assert_ne!(a.token, b.token);
+        assert!(a.token.len() >= 43);
+        assert_eq!(a.hash, hash_refresh_token(&a.token));
+    }
+}

@@ -1,0 +1,533 @@
+//! The real binary on a loopback port, driven over raw HTTP/1.1: what only a real socket shows
+//! (chunked bodies, header limits, signals, restarts, logs, the exit on a bad variable).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, SECRET};
+
+const BIN: &str = env!("CARGO_BIN_EXE_warp-auth-api");
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the binary on a free port with a database in `dir`.
+    pub fn start(dir: &Path, vars: &[(&str, &str)]) -> Server {
+        Server::launch(dir, vars, &[])
+    }
+
+    /// Like `start`, with the variables in `unset` removed from its environment.
+    pub fn launch(dir: &Path, vars: &[(&str, &str)], unset: &[&str]) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env(
+                "DATABASE_URL",
+                format!("sqlite:///{}", dir.join("app.db").display()),
+            )
+            .env("JWT_SECRET", SECRET)
+            .env("BCRYPT_COST", "4")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        for k in unset {
+            command.env_remove(k);
+        }
+        let mut child = command.spawn().expect("start the binary");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest
+                        .split([' ', '"', '\\'])
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().expect("address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start: {:?}", logs.lock().unwrap());
+            }
+        };
+        Server { child, addr, logs }
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
+        let mut raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        for (k, v) in headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(body) = body {
+            raw.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        raw.push_str("\r\n");
+        let mut bytes = raw.into_bytes();
+        if let Some(body) = body {
+            bytes.extend_from_slice(body);
+        }
+        self.raw(&bytes)
+    }
+
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.request(method, path, &all, Some(&serde_json::to_vec(body).unwrap()))
+    }
+
+    /// Sends raw bytes and reads the answer until the server closes the connection.
+    pub fn raw(&self, bytes: &[u8]) -> Response {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        // The server may answer (and close) before it has read everything: ignore write errors.
+        let _ = stream.write_all(bytes);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        Response::parse(&answer)
+    }
+
+    /// SIGTERM, then the exit status and how long the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                let _ = self.child.kill();
+                panic!("the server did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn parse(answer: &[u8]) -> Response {
+        let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            // The connection was closed without an answer.
+            return Response {
+                status: 0,
+                headers: vec![],
+                body: vec![],
+            };
+        };
+        let head = String::from_utf8_lossy(&answer[..split]).to_string();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let mut body = answer[split + 4..].to_vec();
+        if headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+        {
+            body = dechunk(&body);
+        }
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        if status >= 400 {
+            assert_eq!(
+                self.header("content-type"),
+                Some("application/problem+json")
+            );
+        }
+        if self.body.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&body[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&body[end + 2..end + 2 + size]);
+        body = &body[end + 2 + size + 2..];
+    }
+    out
+}
+
+fn chunked_request(server: &Server, path: &str, body: &[u8], chunk: usize) -> Response {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    for piece in body.chunks(chunk) {
+        raw.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        raw.extend_from_slice(piece);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    server.raw(&raw)
+}
+
+#[test]
+fn the_tutorial_session_works_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let user = server
+        .json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": "alice@example.com", "password": PASSWORD, "full_name": "Alice"}),
+            &[],
+        )
+        .expect(201);
+    assert_eq!(user["email"], "alice@example.com");
+    let token = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+    let access = token["access_token"].as_str().unwrap();
+    let me = server.request(
+        "GET",
+        "/api/v1/users/me",
+        &[("Authorization", &format!("Bearer {access}"))],
+        None,
+    );
+    assert_eq!(me.expect(200)["id"], user["id"]);
+    assert!(me.header("x-request-id").is_some());
+    assert_eq!(me.header("x-content-type-options"), Some("nosniff"));
+    server.request("GET", "/nowhere", &[], None).expect(404);
+}
+
+#[test]
+fn chunked_bodies_are_limited_as_they_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let small =
+        serde_json::to_vec(&json!({"email": "chunk@example.com", "password": PASSWORD})).unwrap();
+    chunked_request(&server, "/api/v1/users/register", &small, 7).expect(201);
+    let big = serde_json::to_vec(
+        &json!({"email": "big@example.com", "password": PASSWORD, "full_name": "x".repeat(20_000)}),
+    )
+    .unwrap();
+    chunked_request(&server, "/api/v1/users/register", &big, 1024).expect(413);
+    // The server is still fine afterwards.
+    server.request("GET", "/health", &[], None).expect(200);
+}
+
+#[test]
+fn oversized_request_heads_get_431_or_a_closed_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let many: Vec<(String, String)> = (0..101)
+        .map(|i| (format!("X-Filler-{i}"), "1".to_owned()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = server.request("GET", "/health", &many, None);
+    assert_eq!(r.status, 431, "101 headers");
+    let long = "y".repeat(17 * 1024);
+    let r = server.request("GET", "/health", &[("X-Long", &long)], None);
+    assert_eq!(r.status, 431, "17 KiB of headers");
+    // 99 headers and 8 KiB are fine.
+    let some: Vec<(&str, &str)> = many.iter().take(95).copied().collect();
+    server.request("GET", "/health", &some, None).expect(200);
+    server
+        .request("GET", "/health", &[("X-Long", &long[..8 * 1024])], None)
+        .expect(200);
+}
+
+#[test]
+fn sigterm_stops_it_cleanly_and_users_and_tokens_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    server
+        .json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(201);
+    let token = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    let (status, took) = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    let again = Server::start(dir.path(), &[]);
+    again
+        .request(
+            "GET",
+            "/api/v1/users/me",
+            &[("Authorization", &format!("Bearer {access}"))],
+            None,
+        )
+        .expect(200);
+    again
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+}
+
+#[test]
+fn a_bad_variable_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("PORT", "eighty"),
+        ("JWT_SECRET", "too-short"),
+        ("JWT_SECRET", "replace_me_with_a_long_random_value"),
+        ("DATABASE_URL", "postgres://localhost/app"),
+        ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
+        ("LOG_FORMAT", "yaml"),
+        ("JWT_ALGORITHM", "RS256"),
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn a_dotenv_file_is_read_and_the_environment_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "PASSWORD_MIN_LENGTH=20\nLOG_FORMAT=yaml\n",
+    )
+    .unwrap();
+    // LOG_FORMAT from .env is bad, but the environment's value wins.
+    let server = Server::start(dir.path(), &[("LOG_FORMAT", "json")]);
+    let r = server.json(
+        "POST",
+        "/api/v1/users/register",
+        &json!({"email": "a@example.com", "password": PASSWORD}),
+        &[],
+    );
+    r.expect(400);
+    drop(server);
+    // Without the override, the bad value in .env stops the start, named.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("LOG_FORMAT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_FORMAT"));
+}
+
+#[test]
+fn without_a_secret_it_starts_and_warns_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty JWT_SECRET is a mistake and refused; an unset one starts with a warning.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("JWT_SECRET", "")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWT_SECRET"));
+    let server = Server::launch(dir.path(), &[], &["JWT_SECRET"]);
+    server.request("GET", "/health", &[], None).expect(200);
+    let logs = server.log_lines().join("\n");
+    assert!(logs.contains("JWT_SECRET is not set"), "{logs}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[("LOG_FORMAT", "json")]);
+    server
+        .json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(201);
+    let token = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "alice@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+    let access = token["access_token"].as_str().unwrap().to_owned();
+    let refresh = token["refresh_token"].as_str().unwrap().to_owned();
+    server
+        .request(
+            "GET",
+            "/api/v1/users/me",
+            &[
+                ("Authorization", &format!("Bearer {access}")),
+                ("X-Request-Id", "trace-me-1"),
+            ],
+            None,
+        )
+        .expect(200);
+    server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "alice@example.com", "password": "Wrong-password-9"}),
+            &[],
+        )
+        .expect(401);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    // The reader threads see the last lines just after the exit.
+    std::thread::sleep(Duration::from_millis(200));
+    let lines = server.log_lines();
+    assert!(!lines.is_empty());
+    let mut saw_request = false;
+    for line in &lines {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for secret in [
+            PASSWORD,
+            "Wrong-password-9",
+            access.as_str(),
+            refresh.as_str(),
+            "$2b$",
+            SECRET,
+        ] {
+            assert!(!line.contains(secret), "a secret reached the log: {line}");
+        }
+        if value["fields"]["message"] == "request finished"
+            || value["message"] == "request finished"
+        {
+            let span = &value["span"];
+            if span["request_id"] == "trace-me-1" {
+                saw_request = true;
+                assert_eq!(span["method"], "GET");
+                assert_eq!(span["path"], "/api/v1/users/me");
+                assert_eq!(value["status"], 200);
+                assert!(value["latency_ms"].as_f64().is_some());
+            }
+        }
+    }
+    assert!(saw_request, "no access-log line for the request: {lines:?}");
+}

@@ -1,0 +1,10 @@
+//! API tests: the real `app(state)` through `warp::test`, and the real binary over loopback.
+
+mod auth;
+mod binary;
+mod cors;
+mod errors;
+mod helpers;
+mod ops;
+mod server;
+mod users;

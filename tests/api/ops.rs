@@ -1,0 +1,28 @@
+//! Liveness and readiness.
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn health_is_ok_while_the_process_runs() {
+    let app = TestApp::new().await;
+    let r = app.send(warp::test::request().path("/health")).await;
+    r.assert_status(200);
+    assert_eq!(r.json(), serde_json::json!({"status": "ok"}));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn ready_answers_when_the_database_does_and_503_when_it_does_not() {
+    let app = TestApp::new().await;
+    app.send(warp::test::request().path("/health/ready"))
+        .await
+        .assert_status(200);
+    app.state.store.close().await.unwrap();
+    let r = app.send(warp::test::request().path("/health/ready")).await;
+    r.problem(503);
+    assert!(r.header("retry-after").is_some());
+    // Liveness does not depend on the database.
+    app.send(warp::test::request().path("/health"))
+        .await
+        .assert_status(200);
+}
