@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (what the bare command does).
     Serve,
+    /// Ask the running server's /health/ready (at HOST/PORT); exit 0 when ready, 1 otherwise.
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::Healthcheck => runtime.block_on(healthcheck(&config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,4 +81,45 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The container's health check: `GET /health/ready` on the configured port, with a deadline.
+async fn healthcheck(config: &Config) -> Result<(), String> {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+
+    // A server listening on every address answers on loopback.
+    let mut addr = config.addr();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let ask = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        tokio::spawn(connection);
+        let request = hyper::Request::get("/health/ready")
+            .header(hyper::header::HOST, addr.to_string())
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET /health/ready: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("GET /health/ready answered {}", response.status()))
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .map_err(|_| format!("no answer from {addr} within 3 s"))?
 }

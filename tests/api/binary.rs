@@ -531,3 +531,29 @@ fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
     }
     assert!(saw_request, "no access-log line for the request: {lines:?}");
 }
+
+#[test]
+fn healthcheck_exits_0_while_the_server_is_ready_and_1_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let port = server.addr.port();
+    let check = || {
+        Command::new(BIN)
+            .arg("healthcheck")
+            .current_dir(dir.path())
+            .env("HOST", "0.0.0.0")
+            .env("PORT", port.to_string())
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.terminate();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.is_empty());
+}
