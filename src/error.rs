@@ -68,6 +68,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Invalid email or password")]
     InvalidCredentials,
+    #[error("The current password is wrong")]
+    WrongPassword,
     #[error("Not authenticated: send an Authorization: Bearer token")]
     MissingToken,
     #[error("Invalid or expired token")]
@@ -130,9 +132,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidCredentials | Self::MissingToken | Self::InvalidToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::InvalidCredentials
+            | Self::WrongPassword
+            | Self::MissingToken
+            | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -160,7 +163,7 @@ impl ApiError {
         let mut response = problem(self.status(), self.to_string(), errors);
         let headers = response.headers_mut();
         match self {
-            Self::MissingToken | Self::InvalidCredentials => {
+            Self::MissingToken | Self::InvalidCredentials | Self::WrongPassword => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(CHALLENGE),

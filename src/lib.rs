@@ -12,6 +12,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod tokens;
 pub mod validation;
 
@@ -25,6 +26,7 @@ use warp::{Filter, Reply};
 use crate::config::Config;
 use crate::password::PasswordHasher;
 use crate::store::Store;
+use crate::throttle::LoginThrottle;
 use crate::tokens::TokenKeys;
 use crate::validation::Rules;
 
@@ -36,6 +38,7 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub hasher: PasswordHasher,
     pub rules: Arc<Rules>,
+    pub throttle: Arc<LoginThrottle>,
 }
 
 /// Why the service could not start.
@@ -66,10 +69,35 @@ impl AppState {
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
             }),
+            throttle: Arc::new(LoginThrottle::new(
+                config.login_max_failures,
+                throttle::DEFAULT_CAPACITY,
+            )),
             config: Arc::new(config),
             store,
             hasher,
         })
+    }
+}
+
+impl AppState {
+    /// Housekeeping, every few minutes while the server runs: expired sessions and idle
+    /// throttle entries go.
+    pub async fn maintain(self) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        loop {
+            tick.tick().await;
+            self.throttle.purge();
+            match self
+                .store
+                .purge_expired_sessions(tokens::now_seconds())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
+                Err(e) => tracing::warn!(error = %e, "could not remove expired sessions"),
+            }
+        }
     }
 }
 

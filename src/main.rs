@@ -69,6 +69,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(database = %config.database, bcrypt_cost = config.bcrypt_cost, "starting");
     let state = AppState::new(config).await.map_err(|e| e.to_string())?;
     let store = state.store.clone();
+    let housekeeping = tokio::spawn(state.clone().maintain());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} (HOST/PORT): {e}"))?;
@@ -76,6 +77,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!("listening on http://{addr} (API docs at http://{addr}/docs)");
     server::serve(listener, app(state), server::shutdown_signal()).await;
+    housekeeping.abort();
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "the database did not close cleanly");
     }

@@ -279,6 +279,206 @@ impl Store {
     }
 }
 
+/// What presenting a refresh token led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The live token of a session: it is now spent and the new one is live.
+    Rotated { user_id: i64, session_id: String },
+    /// The token spent last, again within the grace window: the live token, sealed under it.
+    Grace {
+        user_id: i64,
+        session_id: String,
+        sealed_successor: Vec<u8>,
+    },
+    /// A spent token outside the grace window: its session has been revoked.
+    Reused { user_id: i64, session_id: String },
+    /// Unknown, or its session has ended.
+    Invalid,
+}
+
+/// The session whose previous refresh token was presented.
+struct Rotated {
+    session_id: String,
+    user_id: i64,
+    sealed_successor: Option<Vec<u8>>,
+    rotated_at: Option<i64>,
+    expires_at: i64,
+}
+
+/// A rotation to attempt: the presented token's hash, its successor's, and the sealed successor.
+#[derive(Debug)]
+pub struct Rotation {
+    pub presented: [u8; 32],
+    pub successor: [u8; 32],
+    pub sealed_successor: [u8; 32],
+    pub now: u64,
+    pub grace_seconds: u64,
+}
+
+impl Store {
+    /// Exchanges a refresh token, in one transaction, so that two racing exchanges of one token
+    /// are serialised: the first rotates, the second finds a just-spent token (grace) and never
+    /// starts a second chain. Reuse after the grace window deletes the session (and so every
+    /// access and refresh token of it).
+    pub async fn refresh(&self, r: Rotation) -> Result<Refresh, ApiError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = to_i64(r.now);
+            let presented = &r.presented[..];
+            let live: Option<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, user_id FROM sessions WHERE refresh_hash = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![presented, now], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if let Some((session_id, user_id)) = live {
+                tx.prepare_cached(
+                    "UPDATE sessions SET refresh_hash = ?1, prev_hash = ?2, prev_successor = ?3, rotated_at = ?4
+                     WHERE id = ?5",
+                )?
+                .execute(params![&r.successor[..], presented, &r.sealed_successor[..], now, session_id])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id) VALUES (?1, ?2)",
+                )?
+                .execute(params![presented, session_id])?;
+                tx.commit()?;
+                return Ok(Refresh::Rotated { user_id, session_id });
+            }
+
+            let previous = tx
+                .prepare_cached(
+                    "SELECT id, user_id, prev_successor, rotated_at, expires_at FROM sessions WHERE prev_hash = ?1",
+                )?
+                .query_row(params![presented], |row| {
+                    Ok(Rotated {
+                        session_id: row.get(0)?,
+                        user_id: row.get(1)?,
+                        sealed_successor: row.get(2)?,
+                        rotated_at: row.get(3)?,
+                        expires_at: row.get(4)?,
+                    })
+                })
+                .optional()?;
+            let in_grace = |p: &Rotated| {
+                p.rotated_at.is_some_and(|at| now - at <= to_i64(r.grace_seconds))
+                    && p.expires_at > now
+                    && p.sealed_successor.is_some()
+            };
+            let spent_by = match previous {
+                Some(p) if in_grace(&p) => {
+                    return Ok(Refresh::Grace {
+                        user_id: p.user_id,
+                        session_id: p.session_id,
+                        sealed_successor: p.sealed_successor.unwrap_or_default(),
+                    });
+                }
+                Some(p) => Some((p.session_id, p.user_id)),
+                None => tx
+                    .prepare_cached(
+                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id
+                         WHERE t.hash = ?1",
+                    )?
+                    .query_row(params![presented], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?,
+            };
+            match spent_by {
+                Some((session_id, user_id)) => {
+                    tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                        .execute(params![session_id])?;
+                    tx.commit()?;
+                    Ok(Refresh::Reused { user_id, session_id })
+                }
+                None => Ok(Refresh::Invalid),
+            }
+        })
+        .await
+    }
+
+    /// Ends one session (logout): its access and refresh tokens stop working at once.
+    pub async fn delete_session(&self, session_id: String) -> Result<(), ApiError> {
+        self.call(move |c| {
+            c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                .execute(params![session_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, ApiError> {
+        self.call(move |c| {
+            Ok(
+                c.prepare_cached("SELECT password_hash FROM users WHERE id = ?1")?
+                    .query_row(params![user_id], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    /// Sets a new password and ends every session of the user, in one transaction. `false` when
+    /// the stored hash is no longer `old` (a concurrent change won).
+    pub async fn change_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<bool, ApiError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3",
+                )?
+                .execute(params![new, user_id, old])?;
+            if changed == 0 {
+                return Ok(false);
+            }
+            tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+                .execute(params![user_id])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Sets (or clears, with `None`) the user's full name; the user as stored afterwards.
+    pub async fn set_full_name(
+        &self,
+        user_id: i64,
+        full_name: Option<String>,
+    ) -> Result<Option<User>, ApiError> {
+        self.call(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
+            )?;
+            Ok(stmt.query_row(params![full_name, user_id], user_from_row).optional()?)
+        })
+        .await
+    }
+
+    /// Deletes a user; its sessions go with it (foreign key cascade). `false` if it was gone.
+    pub async fn delete_user(&self, user_id: i64) -> Result<bool, ApiError> {
+        self.call(move |c| {
+            Ok(c.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute(params![user_id])?
+                > 0)
+        })
+        .await
+    }
+
+    /// Deletes sessions past their end (run periodically); how many went.
+    pub async fn purge_expired_sessions(&self, now: u64) -> Result<usize, ApiError> {
+        let now = to_i64(now);
+        self.call(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                    .execute(params![now])?,
+            )
+        })
+        .await
+    }
+}
+
 fn to_i64(seconds: u64) -> i64 {
     i64::try_from(seconds).unwrap_or(i64::MAX)
 }

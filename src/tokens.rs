@@ -148,6 +148,7 @@ pub fn new_session_id() -> String {
 /// A refresh token: 256 random bits, base64url. Only its hash is stored.
 pub struct RefreshToken {
     pub token: String,
+    pub bytes: [u8; 32],
     pub hash: [u8; 32],
 }
 
@@ -155,14 +156,47 @@ impl RefreshToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
-        let token = URL_SAFE_NO_PAD.encode(bytes);
-        let hash = hash_refresh_token(&token);
-        Self { token, hash }
+        Self::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self {
+            token: URL_SAFE_NO_PAD.encode(bytes),
+            hash: Sha256::digest(bytes).into(),
+            bytes,
+        }
+    }
+
+    /// Reads a presented token; anything that is not 32 bytes of base64url is no refresh token.
+    pub fn parse(token: &str) -> Option<Self> {
+        let bytes: [u8; 32] = URL_SAFE_NO_PAD.decode(token.trim()).ok()?.try_into().ok()?;
+        Some(Self::from_bytes(bytes))
+    }
+
+    /// Seals `successor` under this token, for the grace window: whoever presents this token
+    /// again within it gets the same successor back, so two racing refreshes end on one chain.
+    /// The key is SHA-256 of this token, which is stored nowhere, so a copy of the database
+    /// reveals no live token. Each token seals exactly one successor (a one-time pad).
+    pub fn seal(&self, successor: &RefreshToken) -> [u8; 32] {
+        xor(&successor.bytes, &self.pad())
+    }
+
+    /// The successor sealed by [`seal`](Self::seal) under this token.
+    pub fn unseal(&self, sealed: &[u8]) -> Option<RefreshToken> {
+        let sealed: [u8; 32] = sealed.try_into().ok()?;
+        Some(Self::from_bytes(xor(&sealed, &self.pad())))
+    }
+
+    fn pad(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"warp-auth-api refresh grace v1");
+        h.update(self.bytes);
+        h.finalize().into()
     }
 }
 
-pub fn hash_refresh_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    std::array::from_fn(|i| a[i] ^ b[i])
 }
 
 #[cfg(test)]
@@ -212,11 +246,28 @@ mod tests {
     }
 
     #[test]
-    fn refresh_tokens_are_long_and_hashed() {
+    fn refresh_tokens_are_long_hashed_and_parse_back() {
         let a = RefreshToken::generate();
         let b = RefreshToken::generate();
         assert_ne!(a.token, b.token);
-        assert!(a.token.len() >= 43);
-        assert_eq!(a.hash, hash_refresh_token(&a.token));
+        assert_eq!(a.token.len(), 43);
+        let parsed = RefreshToken::parse(&a.token).unwrap();
+        assert_eq!(parsed.hash, a.hash);
+        assert_ne!(a.hash, a.bytes);
+        assert!(RefreshToken::parse("short").is_none());
+        assert!(RefreshToken::parse(&format!("{}A", a.token)).is_none());
+    }
+
+    #[test]
+    fn a_sealed_successor_opens_only_with_its_predecessor() {
+        let old = RefreshToken::generate();
+        let new = RefreshToken::generate();
+        let sealed = old.seal(&new);
+        assert_ne!(sealed, new.bytes);
+        assert_eq!(old.unseal(&sealed).unwrap().token, new.token);
+        assert_ne!(
+            RefreshToken::generate().unseal(&sealed).unwrap().token,
+            new.token
+        );
     }
 }

@@ -30,6 +30,22 @@ pub fn normalize_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         .filter(|s| !s.is_empty()))
 }
 
+/// For PATCH: absent stays `None` (with `#[serde(default)]`); null or an empty name becomes
+/// `Some(None)` (clear it); a name becomes `Some(Some(trimmed))`.
+pub fn patch_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    normalize_name(d).map(Some)
+}
+
+/// A full name is at most 100 characters.
+pub fn name_length(name: &str) -> Result<(), ValidationError> {
+    if name.chars().count() > 100 {
+        return Err(
+            ValidationError::new("length").with_message("must be at most 100 characters".into())
+        );
+    }
+    Ok(())
+}
+
 /// The registration rules for a new password (length in characters and bytes, the common list).
 pub fn new_password(password: &str, rules: &Rules) -> Result<(), ValidationError> {
     password::check_new_password(password, rules.password_min_length)

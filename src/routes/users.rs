@@ -10,10 +10,16 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::filters::{Auth, BodyKind, allow, body_of, json_body, with_auth, with_state};
-use crate::store::{NewSession, Role, User};
+use crate::filters::{
+    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, json_body, with_auth, with_state,
+};
+use crate::store::{NewSession, Refresh, Role, Rotation, User};
 use crate::tokens::{self, RefreshToken};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
+
+/// How long a just-spent refresh token still gets the live pair of its session (two tabs
+/// refreshing at once, a retry after a lost response).
+const REFRESH_GRACE_SECONDS: u64 = 10;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "v1" / "users" / ..);
@@ -32,22 +38,79 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let login = warp::path!("login").and(
         warp::post()
             .and(login_body(state))
+            .and(client_addr())
             .and(with_state(state))
             .and_then(login)
             .or(allow("POST"))
             .unify(),
     );
 
-    // GET /api/v1/users/me
+    // POST /api/v1/users/refresh
+    let refresh = warp::path!("refresh").and(
+        warp::post()
+            .and(json_body::<RefreshIn>(&state.rules))
+            .and(with_state(state))
+            .and_then(refresh)
+            .or(allow("POST"))
+            .unify(),
+    );
+
+    // POST /api/v1/users/logout
+    let logout = warp::path!("logout").and(
+        warp::post()
+            .and(with_auth(state))
+            .and(with_state(state))
+            .and_then(logout)
+            .or(allow("POST"))
+            .unify(),
+    );
+
+    // GET, PATCH, DELETE /api/v1/users/me
     let me = warp::path!("me").and(
         warp::get()
             .and(with_auth(state))
             .map(|auth: Auth| warp::reply::json(&auth.user).into_response())
-            .or(allow("GET"))
+            .or(warp::patch()
+                .and(with_auth(state))
+                .and(json_body::<ProfileIn>(&state.rules))
+                .and(with_state(state))
+                .and_then(update_profile))
+            .unify()
+            .or(warp::delete()
+                .and(with_auth(state))
+                .and(with_state(state))
+                .and_then(delete_account))
+            .unify()
+            .or(allow("GET, PATCH, DELETE"))
             .unify(),
     );
 
-    users.and(register.or(login).unify().or(me).unify()).boxed()
+    // PUT /api/v1/users/me/password
+    let password = warp::path!("me" / "password").and(
+        warp::put()
+            .and(with_auth(state))
+            .and(json_body::<PasswordChangeIn>(&state.rules))
+            .and(with_state(state))
+            .and_then(change_password)
+            .or(allow("PUT"))
+            .unify(),
+    );
+
+    users
+        .and(
+            register
+                .or(login)
+                .unify()
+                .or(refresh)
+                .unify()
+                .or(logout)
+                .unify()
+                .or(me)
+                .unify()
+                .or(password)
+                .unify(),
+        )
+        .boxed()
 }
 
 /// Registration body.
@@ -95,6 +158,41 @@ pub struct LoginForm {
     username: String,
     #[schema(example = "MyStrongPass123", format = Password)]
     password: String,
+}
+
+/// Refresh body.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[validate(context = Rules)]
+pub struct RefreshIn {
+    /// The refresh token of the last token pair; it is spent by this call.
+    #[validate(length(min = 1, max = 256, message = "must be a refresh token"))]
+    refresh_token: String,
+}
+
+/// Profile changes: only the fields present change.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[validate(context = Rules)]
+#[schema(example = json!({"full_name": "Alice Liddell"}))]
+pub struct ProfileIn {
+    /// Trimmed, at most 100 characters; null or an empty string clears it; absent leaves it.
+    #[serde(default, deserialize_with = "validation::patch_name")]
+    #[validate(custom(function = "validation::name_length"))]
+    #[schema(value_type = Option<String>, max_length = 100, example = "Alice Liddell")]
+    full_name: Option<Option<String>>,
+}
+
+/// Password change body.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[validate(context = Rules)]
+#[schema(example = json!({"current_password": "MyStrongPass123", "new_password": "An0ther-Strong-Pass"}))]
+pub struct PasswordChangeIn {
+    #[validate(custom(function = "validation::presented_password"))]
+    #[schema(format = Password)]
+    current_password: String,
+    /// The registration rules apply.
+    #[validate(custom(function = "validation::new_password", use_context))]
+    #[schema(format = Password, min_length = 8)]
+    new_password: String,
 }
 
 /// A token pair. Sent with `Cache-Control: no-store`.
@@ -186,15 +284,26 @@ fn created(user: &User) -> Response {
 }
 
 /// POST /api/v1/users/login
-async fn login(body: LoginIn, state: AppState) -> Result<Response, Rejection> {
-    let credentials = state.store.credentials(body.email).await?;
+async fn login(
+    body: LoginIn,
+    client: Option<ClientAddr>,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    let address = client.map(|c| c.0);
+    // A throttled account or address gets 429 even with the right password.
+    state.throttle.check(&body.email, address)?;
+    let credentials = state.store.credentials(body.email.clone()).await?;
     // Unknown emails are checked against a dummy hash: both failures take the same time.
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
     let valid = state.hasher.verify(body.password.clone(), stored).await?;
     let credentials = match credentials {
         Some(c) if valid => c,
-        _ => return Err(ApiError::InvalidCredentials.into()),
+        _ => {
+            state.throttle.failure(&body.email, address);
+            return Err(ApiError::InvalidCredentials.into());
+        }
     };
+    state.throttle.success(&body.email);
     if state.hasher.needs_rehash(&credentials.password_hash) {
         let new_hash = state.hasher.hash(body.password).await?;
         state
@@ -209,6 +318,122 @@ async fn login(body: LoginIn, state: AppState) -> Result<Response, Rejection> {
     let token = start_session(&state, credentials.user_id).await?;
     tracing::info!(user_id = credentials.user_id, "login");
     Ok(token_response(&token))
+}
+
+/// POST /api/v1/users/refresh
+async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection> {
+    let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::InvalidToken)?;
+    let successor = RefreshToken::generate();
+    let outcome = state
+        .store
+        .refresh(Rotation {
+            presented: presented.hash,
+            successor: successor.hash,
+            sealed_successor: presented.seal(&successor),
+            now: tokens::now_seconds(),
+            grace_seconds: REFRESH_GRACE_SECONDS,
+        })
+        .await?;
+    let token = match outcome {
+        Refresh::Rotated {
+            user_id,
+            session_id,
+        } => token_pair(&state, user_id, &session_id, successor.token)?,
+        Refresh::Grace {
+            user_id,
+            session_id,
+            sealed_successor,
+        } => {
+            let live = presented.unseal(&sealed_successor).ok_or_else(|| {
+                ApiError::Internal("a sealed refresh token of the wrong size".into())
+            })?;
+            token_pair(&state, user_id, &session_id, live.token)?
+        }
+        Refresh::Reused {
+            user_id,
+            session_id,
+        } => {
+            tracing::warn!(
+                user_id,
+                session_id,
+                "a spent refresh token was presented again: session revoked"
+            );
+            return Err(ApiError::InvalidToken.into());
+        }
+        Refresh::Invalid => return Err(ApiError::InvalidToken.into()),
+    };
+    Ok(token_response(&token))
+}
+
+/// POST /api/v1/users/logout
+async fn logout(auth: Auth, state: AppState) -> Result<Response, Rejection> {
+    state.store.delete_session(auth.session_id).await?;
+    tracing::info!(user_id = auth.user.id, "logout");
+    Ok(no_content())
+}
+
+/// PATCH /api/v1/users/me
+async fn update_profile(
+    auth: Auth,
+    body: ProfileIn,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    let user = match body.full_name {
+        None => auth.user,
+        Some(full_name) => state
+            .store
+            .set_full_name(auth.user.id, full_name)
+            .await?
+            .ok_or(ApiError::InvalidToken)?,
+    };
+    Ok(warp::reply::json(&user).into_response())
+}
+
+/// DELETE /api/v1/users/me
+async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
+    state.store.delete_user(auth.user.id).await?;
+    tracing::info!(user_id = auth.user.id, "account deleted");
+    Ok(no_content())
+}
+
+/// PUT /api/v1/users/me/password
+async fn change_password(
+    auth: Auth,
+    body: PasswordChangeIn,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    // Guessing the current password with a stolen access token is throttled like a login.
+    state.throttle.check(&auth.user.email, None)?;
+    let stored = state
+        .store
+        .password_hash(auth.user.id)
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    if !state
+        .hasher
+        .verify(body.current_password, Some(stored.clone()))
+        .await?
+    {
+        state.throttle.failure(&auth.user.email, None);
+        return Err(ApiError::WrongPassword.into());
+    }
+    let new_hash = state.hasher.hash(body.new_password).await?;
+    if !state
+        .store
+        .change_password(auth.user.id, stored, new_hash)
+        .await?
+    {
+        return Err(ApiError::Conflict("The password was changed meanwhile; try again").into());
+    }
+    tracing::info!(
+        user_id = auth.user.id,
+        "password changed; every session revoked"
+    );
+    Ok(no_content())
+}
+
+fn no_content() -> Response {
+    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
 }
 
 /// Creates a session for the user and returns its first token pair.

@@ -7,4 +7,5 @@ mod errors;
 mod helpers;
 mod ops;
 mod server;
+mod sessions;
 mod users;
