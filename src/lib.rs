@@ -4,6 +4,7 @@
 //! Requests flow: request id → routes (path → method → auth → body → handler) → one `recover` →
 //! CORS → response headers, all inside one tracing span per request.
 
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod filters;
@@ -105,6 +106,8 @@ impl AppState {
 pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
     let routes = routes::ops::routes(&state)
         .or(routes::users::routes(&state))
+        .unify()
+        .or(routes::admin::routes(&state))
         .unify()
         .boxed();
     let api = routes.recover(error::recover).unify().boxed();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use warp_auth_api::config::{Config, SecretSource};
-use warp_auth_api::{AppState, app, server, telemetry};
+use warp_auth_api::{AppState, app, commands, server, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +21,13 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (what the bare command does).
     Serve,
+    /// Make a user an admin (creating it if needed). The password comes from ADMIN_PASSWORD, or
+    /// else from standard input; it is never an argument. An existing user keeps its password.
+    CreateAdmin {
+        /// The admin's email address.
+        #[arg(long)]
+        email: String,
+    },
     /// Ask the running server's /health/ready (at HOST/PORT); exit 0 when ready, 1 otherwise.
     Healthcheck,
 }
@@ -47,6 +54,9 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Healthcheck => runtime.block_on(healthcheck(&config)),
+        Command::CreateAdmin { email } => runtime
+            .block_on(commands::create_admin(&config, &email, read_admin_password))
+            .map(|outcome| println!("{outcome}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,4 +134,28 @@ async fn healthcheck(config: &Config) -> Result<(), String> {
     tokio::time::timeout(std::time::Duration::from_secs(3), ask)
         .await
         .map_err(|_| format!("no answer from {addr} within 3 s"))?
+}
+
+/// `ADMIN_PASSWORD`, else one line of standard input (without echo at a terminal).
+fn read_admin_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+
+    if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
+        return Ok(password);
+    }
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password for the new admin: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("no password: set ADMIN_PASSWORD or write it to standard input".into());
+    }
+    Ok(password)
 }

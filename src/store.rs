@@ -28,7 +28,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Member => "member",
             Role::Admin => "admin",
@@ -474,6 +474,97 @@ impl Store {
                 c.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
                     .execute(params![now])?,
             )
+        })
+        .await
+    }
+}
+
+/// One page of users, ordered by id.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<User>,
+    pub total: i64,
+}
+
+/// What an admin operation is not allowed to do.
+const LAST_ADMIN: &str = "This is the last admin; promote another user first";
+
+fn admins_other_than(tx: &rusqlite::Transaction<'_>, user_id: i64) -> rusqlite::Result<i64> {
+    tx.prepare_cached("SELECT count(*) FROM users WHERE role = 'admin' AND id != ?1")?
+        .query_row(params![user_id], |r| r.get(0))
+}
+
+fn role_of(tx: &rusqlite::Transaction<'_>, user_id: i64) -> Result<Role, ApiError> {
+    let role: Option<String> = tx
+        .prepare_cached("SELECT role FROM users WHERE id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))
+        .optional()?;
+    match role {
+        Some(role) => Ok(Role::from_db(&role)?),
+        None => Err(ApiError::NotFound("No user with this id")),
+    }
+}
+
+impl Store {
+    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, ApiError> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let total = tx
+                .prepare_cached("SELECT count(*) FROM users")?
+                .query_row([], |r| r.get(0))?;
+            let items = tx
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users u ORDER BY u.id LIMIT ?1 OFFSET ?2"
+                ))?
+                .query_map(params![limit, offset], user_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Page { items, total })
+        })
+        .await
+    }
+
+    pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, ApiError> {
+        self.call(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users u WHERE u.email = ?1"
+            ))?
+            .query_row(params![email], user_from_row)
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Sets a user's role; demoting the last admin is refused (409), in the same transaction as
+    /// the count, so two admins demoting each other at once cannot leave none.
+    pub async fn set_role(&self, user_id: i64, role: Role) -> Result<User, ApiError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current = role_of(&tx, user_id)?;
+            if current == Role::Admin && role != Role::Admin && admins_other_than(&tx, user_id)? == 0 {
+                return Err(ApiError::Conflict(LAST_ADMIN));
+            }
+            let user = tx
+                .prepare_cached(
+                    "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
+                )?
+                .query_row(params![role.as_str(), user_id], user_from_row)?;
+            tx.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    /// Deletes a user as an admin does: unknown is 404, the last admin 409.
+    pub async fn delete_user_checked(&self, user_id: i64) -> Result<(), ApiError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if role_of(&tx, user_id)? == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
+                return Err(ApiError::Conflict(LAST_ADMIN));
+            }
+            tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
+                .execute(params![user_id])?;
+            tx.commit()?;
+            Ok(())
         })
         .await
     }

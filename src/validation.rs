@@ -30,6 +30,22 @@ pub fn normalize_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         .filter(|s| !s.is_empty()))
 }
 
+/// An email (already trimmed and lower-cased): a valid address of at most 254 characters.
+pub fn valid_email(email: &str) -> Result<(), ValidationError> {
+    use validator::ValidateEmail;
+    if email.chars().count() > 254 {
+        return Err(
+            ValidationError::new("length").with_message("must be at most 254 characters".into())
+        );
+    }
+    if !email.validate_email() {
+        return Err(
+            ValidationError::new("email").with_message("must be a valid email address".into())
+        );
+    }
+    Ok(())
+}
+
 /// For PATCH: absent stays `None` (with `#[serde(default)]`); null or an empty name becomes
 /// `Some(None)` (clear it); a name becomes `Some(Some(trimmed))`.
 pub fn patch_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
@@ -85,7 +101,7 @@ where
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value: T = match serde_path_to_error::deserialize(de) {
         Ok(value) => value,
-        Err(err) => return Err(json_error(err)),
+        Err(err) => return Err(json_error(err, body)),
     };
     validate(&value, rules)?;
     Ok(value)
@@ -101,10 +117,15 @@ where
         .map_err(|errors| ApiError::Validation(field_errors(&errors)))
 }
 
-fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>, body: &[u8]) -> ApiError {
     let path = err.path().to_string();
     let inner = err.into_inner();
     if !inner.is_data() {
+        // serde_json reports some type errors (a number where an enum is expected) as syntax
+        // errors: valid JSON means the field's value was the problem.
+        if path != "." && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            return ApiError::Validation(vec![FieldError::new(path, "has an invalid value")]);
+        }
         return malformed(&inner);
     }
     let message = inner.to_string();

@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::filters::{
     Auth, BodyKind, ClientAddr, allow, body_of, client_addr, json_body, with_auth, with_state,
 };
+use crate::routes::no_content;
 use crate::store::{NewSession, Refresh, Role, Rotation, User};
 use crate::tokens::{self, RefreshToken};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
@@ -120,10 +121,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 pub struct RegisterIn {
     /// Trimmed and lower-cased; at most 254 characters.
     #[serde(deserialize_with = "normalize_email")]
-    #[validate(
-        email(message = "must be a valid email address"),
-        length(max = 254, message = "must be at most 254 characters")
-    )]
+    #[validate(custom(function = "validation::valid_email"))]
     #[schema(example = "alice@example.com", max_length = 254)]
     email: String,
     /// At least `PASSWORD_MIN_LENGTH` characters (default 8), at most 72 bytes, not a common password.
@@ -143,7 +141,7 @@ pub struct RegisterIn {
 #[schema(example = json!({"email": "alice@example.com", "password": "MyStrongPass123"}))]
 pub struct LoginIn {
     #[serde(deserialize_with = "normalize_email")]
-    #[validate(email(message = "must be a valid email address"))]
+    #[validate(custom(function = "validation::valid_email"))]
     #[schema(example = "alice@example.com")]
     email: String,
     #[validate(custom(function = "validation::presented_password"))]
@@ -430,10 +428,6 @@ async fn change_password(
         "password changed; every session revoked"
     );
     Ok(no_content())
-}
-
-fn no_content() -> Response {
-    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
 }
 
 /// Creates a session for the user and returns its first token pair.

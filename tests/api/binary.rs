@@ -557,3 +557,186 @@ fn healthcheck_exits_0_while_the_server_is_ready_and_1_after() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!out.stderr.is_empty());
 }
+
+fn create_admin(
+    dir: &Path,
+    email: &str,
+    env_password: Option<&str>,
+    stdin: Option<&str>,
+) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["create-admin", "--email", email])
+        .current_dir(dir)
+        .env("DATABASE_URL", dir.join("app.db").display().to_string())
+        .env("BCRYPT_COST", "4")
+        .env_remove("ADMIN_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = env_password {
+        command.env("ADMIN_PASSWORD", p);
+    }
+    let mut child = command.spawn().unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn create_admin_works_beside_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let admin_password = "Root-Password-42";
+    // From the environment.
+    let out = create_admin(dir.path(), " Root@Example.com ", Some(admin_password), None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("created admin root@example.com"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains(admin_password));
+    let token = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "root@example.com", "password": admin_password}),
+            &[],
+        )
+        .expect(200);
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let page = server
+        .request(
+            "GET",
+            "/api/v1/admin/users",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .expect(200);
+    assert_eq!(page["items"][0]["role"], "admin");
+
+    // From standard input.
+    let out = create_admin(
+        dir.path(),
+        "ops@example.com",
+        None,
+        Some("Stdin-Password-7\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("Stdin-Password-7"));
+    server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "ops@example.com", "password": "Stdin-Password-7"}),
+            &[],
+        )
+        .expect(200);
+
+    // An existing member is promoted and keeps its password.
+    server
+        .json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": "bob@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(201);
+    let out = create_admin(
+        dir.path(),
+        "bob@example.com",
+        Some("Ignored-Password-1"),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("now an admin"), "{}", text(&out));
+    server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "bob@example.com", "password": "Ignored-Password-1"}),
+            &[],
+        )
+        .expect(401);
+    let bob = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "bob@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+    let bearer = format!("Bearer {}", bob["access_token"].as_str().unwrap());
+    server
+        .request(
+            "GET",
+            "/api/v1/users/me",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .expect(200);
+    let me = server
+        .request(
+            "GET",
+            "/api/v1/users/me",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .json();
+    assert_eq!(me["role"], "admin");
+    // Again: nothing to do, still success.
+    let out = create_admin(dir.path(), "bob@example.com", None, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already an admin"));
+}
+
+#[test]
+fn create_admin_refuses_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("not-an-email", Some("Good-Password-1"), None, "email"),
+        ("a@example.com", Some("short"), None, "password"),
+        ("a@example.com", Some("password123"), None, "password"),
+        ("a@example.com", Some(&*"€".repeat(25)), None, "72 bytes"),
+        ("a@example.com", None, Some(""), "password"),
+    ];
+    for (email, env, stdin, expected) in cases {
+        let out = create_admin(dir.path(), email, env, stdin);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{email} {env:?}: {}",
+            text(&out)
+        );
+        let said = text(&out);
+        assert!(said.contains(expected), "{said}");
+        if let Some(p) = env {
+            assert!(!said.contains(p), "the password was echoed: {said}");
+        }
+    }
+    // No argument takes a password.
+    let out = Command::new(BIN)
+        .args([
+            "create-admin",
+            "--email",
+            "a@example.com",
+            "--password",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,5 +1,6 @@
 //! API tests: the real `app(state)` through `warp::test`, and the real binary over loopback.
 
+mod admin;
 mod auth;
 mod binary;
 mod cors;
