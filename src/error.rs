@@ -57,6 +57,7 @@ pub struct Problem {
     pub detail: String,
     /// On validation failures: every bad field at once.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub errors: Option<Vec<FieldError>>,
 }
 

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod filters;
+pub mod openapi;
 pub mod password;
 pub mod routes;
 pub mod server;
@@ -108,6 +109,8 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .or(routes::users::routes(&state))
         .unify()
         .or(routes::admin::routes(&state))
+        .unify()
+        .or(routes::docs::routes())
         .unify()
         .boxed();
     let api = routes.recover(error::recover).unify().boxed();

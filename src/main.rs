@@ -28,12 +28,18 @@ enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Print the OpenAPI document generated from the code (the committed openapi.json is this).
+    Openapi,
     /// Ask the running server's /health/ready (at HOST/PORT); exit 0 when ready, 1 otherwise.
     Healthcheck,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", warp_auth_api::openapi::document());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Healthcheck => runtime.block_on(healthcheck(&config)),
+        Command::Openapi => Ok(()),
         Command::CreateAdmin { email } => runtime
             .block_on(commands::create_admin(&config, &email, read_admin_password))
             .map(|outcome| println!("{outcome}")),

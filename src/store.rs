@@ -56,7 +56,8 @@ pub struct User {
     pub id: i64,
     #[schema(example = "alice@example.com")]
     pub email: String,
-    #[schema(example = "Alice")]
+    /// Null when not given.
+    #[schema(example = "Alice", required = true)]
     pub full_name: Option<String>,
     pub role: Role,
     /// RFC 3339, UTC.

@@ -12,6 +12,10 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::error::{ApiError, FieldError};
 use crate::filters::{Auth, allow, json_body, with_admin, with_db};
+use crate::openapi::{
+    BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable,
+    Unauthorized, UnsupportedMediaType,
+};
 use crate::routes::no_content;
 use crate::store::{Role, Store, User};
 use crate::validation::Rules;
@@ -51,7 +55,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 
 /// A user id in a path: digits only, so `/users/abc` (or `-1`, `+1`, `1e3`) is no route: 404.
 #[derive(Debug, Clone, Copy)]
-struct UserId(i64);
+pub(crate) struct UserId(i64);
 
 impl FromStr for UserId {
     type Err = ();
@@ -130,8 +134,23 @@ pub struct RoleIn {
     role: Role,
 }
 
-/// GET /api/v1/admin/users
-async fn list_users(
+/// List users, ordered by id, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn list_users(
     _admin: Auth,
     (limit, offset): (i64, i64),
     store: Store,
@@ -146,8 +165,29 @@ async fn list_users(
     .into_response())
 }
 
-/// PATCH /api/v1/admin/users/{id}
-async fn set_role(
+/// Set a user's role; it applies to that user's live tokens at once. The last admin cannot be
+/// demoted (409).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    request_body = RoleIn,
+    responses(
+        (status = 200, description = "The user as it is now", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn set_role(
     id: UserId,
     admin: Auth,
     body: RoleIn,
@@ -163,8 +203,28 @@ async fn set_role(
     Ok(warp::reply::json(&user).into_response())
 }
 
-/// DELETE /api/v1/admin/users/{id}
-async fn delete_user(id: UserId, admin: Auth, store: Store) -> Result<Response, Rejection> {
+/// Delete a user; its tokens die at once. The last admin cannot be deleted (409).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn delete_user(
+    id: UserId,
+    admin: Auth,
+    store: Store,
+) -> Result<Response, Rejection> {
     store.delete_user_checked(id.0).await?;
     tracing::info!(
         admin_id = admin.user.id,

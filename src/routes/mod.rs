@@ -1,6 +1,7 @@
 //! One module per resource; each exposes `routes(state)` as one boxed filter.
 
 pub mod admin;
+pub mod docs;
 pub mod ops;
 pub mod users;
 

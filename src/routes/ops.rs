@@ -9,16 +9,12 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::filters::{allow, with_db};
+use crate::openapi::ServiceUnavailable;
 use crate::store::Store;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // GET /health
-    let health = warp::path!("health").and(
-        warp::get()
-            .map(|| warp::reply::json(&Status { status: "ok" }).into_response())
-            .or(allow("GET"))
-            .unify(),
-    );
+    let health = warp::path!("health").and(warp::get().map(health).or(allow("GET")).unify());
 
     // GET /health/ready
     let ready = warp::path!("health" / "ready").and(
@@ -39,8 +35,28 @@ pub struct Status {
     pub status: &'static str,
 }
 
-/// GET /health/ready: 200 when the database answers, else 503 problem+json.
-async fn ready(store: Store) -> Result<Response, Rejection> {
+/// Liveness: 200 while the process runs.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ops",
+    responses((status = 200, description = "The process runs", body = Status))
+)]
+pub(crate) fn health() -> Response {
+    warp::reply::json(&Status { status: "ok" }).into_response()
+}
+
+/// Readiness: 200 when the database answers, else 503.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "ops",
+    responses(
+        (status = 200, description = "The database answers", body = Status),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn ready(store: Store) -> Result<Response, Rejection> {
     store.ping().await.map_err(|e| match e {
         ApiError::Internal(cause) => ApiError::Unavailable(cause),
         other => other,

@@ -13,6 +13,10 @@ use crate::error::ApiError;
 use crate::filters::{
     Auth, BodyKind, ClientAddr, allow, body_of, client_addr, json_body, with_auth, with_state,
 };
+use crate::openapi::{
+    BadRequest, Conflict, InternalError, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
+    Unauthorized, UnsupportedMediaType,
+};
 use crate::routes::no_content;
 use crate::store::{NewSession, Refresh, Role, Rotation, User};
 use crate::tokens::{self, RefreshToken};
@@ -70,7 +74,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let me = warp::path!("me").and(
         warp::get()
             .and(with_auth(state))
-            .map(|auth: Auth| warp::reply::json(&auth.user).into_response())
+            .map(me)
             .or(warp::patch()
                 .and(with_auth(state))
                 .and(json_body::<ProfileIn>(&state.rules))
@@ -122,11 +126,11 @@ pub struct RegisterIn {
     /// Trimmed and lower-cased; at most 254 characters.
     #[serde(deserialize_with = "normalize_email")]
     #[validate(custom(function = "validation::valid_email"))]
-    #[schema(example = "alice@example.com", max_length = 254)]
+    #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     email: String,
     /// At least `PASSWORD_MIN_LENGTH` characters (default 8), at most 72 bytes, not a common password.
     #[validate(custom(function = "validation::new_password", use_context))]
-    #[schema(example = "MyStrongPass123", min_length = 8, format = Password)]
+    #[schema(example = "MyStrongPass123", format = Password, min_length = 8, max_length = 72)]
     password: String,
     /// Trimmed; at most 100 characters; an empty string becomes null.
     #[serde(default, deserialize_with = "normalize_name")]
@@ -142,19 +146,19 @@ pub struct RegisterIn {
 pub struct LoginIn {
     #[serde(deserialize_with = "normalize_email")]
     #[validate(custom(function = "validation::valid_email"))]
-    #[schema(example = "alice@example.com")]
+    #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     email: String,
     #[validate(custom(function = "validation::presented_password"))]
-    #[schema(example = "MyStrongPass123", format = Password)]
+    #[schema(example = "MyStrongPass123", format = Password, min_length = 1, max_length = 72)]
     password: String,
 }
 
 /// Login body (form, the OAuth2 password grant's shape): `username` is the email.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginForm {
-    #[schema(example = "alice@example.com")]
+    #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     username: String,
-    #[schema(example = "MyStrongPass123", format = Password)]
+    #[schema(example = "MyStrongPass123", format = Password, min_length = 1, max_length = 72)]
     password: String,
 }
 
@@ -163,6 +167,7 @@ pub struct LoginForm {
 #[validate(context = Rules)]
 pub struct RefreshIn {
     /// The refresh token of the last token pair; it is spent by this call.
+    #[schema(min_length = 1, max_length = 256)]
     #[validate(length(min = 1, max = 256, message = "must be a refresh token"))]
     refresh_token: String,
 }
@@ -185,11 +190,11 @@ pub struct ProfileIn {
 #[schema(example = json!({"current_password": "MyStrongPass123", "new_password": "An0ther-Strong-Pass"}))]
 pub struct PasswordChangeIn {
     #[validate(custom(function = "validation::presented_password"))]
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 1, max_length = 72)]
     current_password: String,
     /// The registration rules apply.
     #[validate(custom(function = "validation::new_password", use_context))]
-    #[schema(format = Password, min_length = 8)]
+    #[schema(format = Password, min_length = 8, max_length = 72)]
     new_password: String,
 }
 
@@ -255,8 +260,27 @@ fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
     Ok(login)
 }
 
-/// POST /api/v1/users/register
-async fn register(body: RegisterIn, state: AppState) -> Result<Response, Rejection> {
+/// Register a user.
+///
+/// The email is trimmed and lower-cased; the password must have at least `PASSWORD_MIN_LENGTH`
+/// characters (default 8), at most 72 bytes, and not be a common password. A `role` sent here is
+/// ignored: new users are members.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/register",
+    tag = "users",
+    request_body = RegisterIn,
+    responses(
+        (status = 201, description = "Registered", body = User, headers(("Location" = String, description = "`/api/v1/users/me`"))),
+        (status = 400, response = BadRequest),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Response, Rejection> {
     // A cheap check first, so that a taken email costs no hashing; the unique index still
     // decides when two registrations race.
     if state.store.email_exists(body.email.clone()).await? {
@@ -281,8 +305,47 @@ fn created(user: &User) -> Response {
     response
 }
 
-/// POST /api/v1/users/login
-async fn login(
+/// The caller's own user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) fn me(auth: Auth) -> Response {
+    warp::reply::json(&auth.user).into_response()
+}
+
+/// Log in: a new session and its first token pair.
+///
+/// JSON `{email, password}`, or the OAuth2 password form `username=…&password=…`. Unknown
+/// emails and wrong passwords get the same 401. Repeated failures are throttled (429).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/login",
+    tag = "users",
+    request_body(content(
+        (LoginIn = "application/json"),
+        (LoginForm = "application/x-www-form-urlencoded")
+    )),
+    responses(
+        (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn login(
     body: LoginIn,
     client: Option<ClientAddr>,
     state: AppState,
@@ -318,8 +381,26 @@ async fn login(
     Ok(token_response(&token))
 }
 
-/// POST /api/v1/users/refresh
-async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection> {
+/// Exchange a refresh token for a new pair of the same session.
+///
+/// Each refresh token works once. A spent token presented again revokes its whole session,
+/// except within 10 seconds of its use, when it gets the live pair again (racing tabs, retries).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/refresh",
+    tag = "users",
+    request_body = RefreshIn,
+    responses(
+        (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection> {
     let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::InvalidToken)?;
     let successor = RefreshToken::generate();
     let outcome = state
@@ -363,15 +444,43 @@ async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection
     Ok(token_response(&token))
 }
 
-/// POST /api/v1/users/logout
-async fn logout(auth: Auth, state: AppState) -> Result<Response, Rejection> {
+/// End this session: its access and refresh tokens stop working at once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/logout",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn logout(auth: Auth, state: AppState) -> Result<Response, Rejection> {
     state.store.delete_session(auth.session_id).await?;
     tracing::info!(user_id = auth.user.id, "logout");
     Ok(no_content())
 }
 
-/// PATCH /api/v1/users/me
-async fn update_profile(
+/// Change the caller's profile; only the fields sent change (`{}` changes nothing).
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = ProfileIn,
+    responses(
+        (status = 200, description = "The user as it is now", body = User),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn update_profile(
     auth: Auth,
     body: ProfileIn,
     state: AppState,
@@ -387,15 +496,47 @@ async fn update_profile(
     Ok(warp::reply::json(&user).into_response())
 }
 
-/// DELETE /api/v1/users/me
-async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
+/// Delete the caller's account and every session of it; the email can register again.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
     state.store.delete_user(auth.user.id).await?;
     tracing::info!(user_id = auth.user.id, "account deleted");
     Ok(no_content())
 }
 
-/// PUT /api/v1/users/me/password
-async fn change_password(
+/// Change the caller's password; every session of the user, this one too, ends.
+///
+/// 401 when the current password is wrong (repeated failures are throttled like logins).
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/me/password",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = PasswordChangeIn,
+    responses(
+        (status = 204, description = "Changed; log in again"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn change_password(
     auth: Auth,
     body: PasswordChangeIn,
     state: AppState,
