@@ -78,8 +78,9 @@ async fn serve(config: Config) -> Result<(), String> {
     telemetry::init(config.log_format, &config.rust_log).map_err(|e| e.to_string())?;
     if config.secret_source == SecretSource::Generated {
         tracing::warn!(
-            "JWT_SECRET is not set: tokens are signed with a random secret and every token dies \
-             when the server restarts. Set JWT_SECRET (at least 32 bytes) to keep them."
+            "JWT_SECRET is not set: access tokens are signed with a random secret and stop \
+             working when the server restarts (clients must refresh or log in again). Set \
+             JWT_SECRET (at least 32 bytes) to keep them."
         );
     }
     let addr = config.addr();
