@@ -4,6 +4,11 @@
 //! logins would stall every other request, so hashing and verifying go to a fixed pool (one thread
 //! per CPU) fed by a bounded queue. A full queue answers 503 at once rather than letting waits
 //! grow without limit.
+//!
+//! The pool's threads run at a lower scheduling priority (nice 10) than the request threads: when
+//! a burst of logins saturates the CPU, the kernel still gives requests that need no hashing
+//! (`/me`, `/health`) most of it, and the logins take what is left, which is all of it when
+//! nothing else runs.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -72,6 +77,7 @@ impl PasswordHasher {
             thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     // Ends when every sender is gone.
                     for job in inbox {
                         run(job, cost);
@@ -147,6 +153,22 @@ impl PasswordHasher {
             TrySendError::Full(_) => ApiError::Overloaded,
             TrySendError::Disconnected(_) => ApiError::Internal("hashing pool stopped".into()),
         })
+    }
+}
+
+/// How much lower than the request threads the hashing threads run.
+const NICE: i32 = 10;
+
+/// Lowers the calling thread's priority (on Linux, nice values are per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only changes the scheduling priority of the calling thread (tid 0);
+        // it reads and writes no memory of ours.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
+        if result != 0 {
+            tracing::warn!("could not lower the priority of a hashing thread");
+        }
     }
 }
 
@@ -239,6 +261,48 @@ mod tests {
                 .unwrap()
         );
         assert!(hasher.hash(format!("{at_limit}x")).await.is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_hashing_threads_run_at_a_lower_priority() {
+        let hasher = PasswordHasher::new(4, 2, 4).unwrap();
+        // The workers set their priority as they start; give them a moment.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut niced = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            // Field 19 of stat is the nice value; fields after the ")" of the name start at 3.
+            let nice: i32 = stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap();
+            if name.trim().starts_with("bcrypt-") {
+                assert_eq!(nice, NICE, "{name}");
+                niced += 1;
+            }
+        }
+        assert!(niced >= 2);
+        // The calling thread keeps its priority.
+        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let own_nice: i32 = own
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(own_nice, 0);
+        drop(hasher);
     }
 
     #[tokio::test]
