@@ -32,15 +32,27 @@ use crate::throttle::LoginThrottle;
 use crate::tokens::TokenKeys;
 use crate::validation::Rules;
 
-/// Everything a request may need. Cheap to clone.
+/// Everything a request may need. Cheap to clone: one reference count (it is cloned on every
+/// authenticated request, so it is one shared count, not one per part).
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
+pub struct AppState(Arc<State>);
+
+/// The parts of the state.
+pub struct State {
+    pub config: Config,
     pub store: Store,
-    pub tokens: Arc<TokenKeys>,
+    pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
     pub rules: Arc<Rules>,
-    pub throttle: Arc<LoginThrottle>,
+    pub throttle: LoginThrottle,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
 }
 
 /// Why the service could not start.
@@ -66,19 +78,16 @@ impl AppState {
         store: Store,
         hasher: PasswordHasher,
     ) -> Result<Self, StartError> {
-        Ok(Self {
-            tokens: Arc::new(TokenKeys::new(&config)?),
+        Ok(Self(Arc::new(State {
+            tokens: TokenKeys::new(&config)?,
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
             }),
-            throttle: Arc::new(LoginThrottle::new(
-                config.login_max_failures,
-                throttle::DEFAULT_CAPACITY,
-            )),
-            config: Arc::new(config),
+            throttle: LoginThrottle::new(config.login_max_failures, throttle::DEFAULT_CAPACITY),
+            config,
             store,
             hasher,
-        })
+        })))
     }
 }
 

@@ -65,8 +65,8 @@ pub struct User {
     pub created_at: String,
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.full_name, u.role, u.created_at";
-
+/// A user from the columns `u.id, u.email, u.full_name, u.role, u.created_at`, in this order.
+/// (Each query writes them out, so its SQL is a constant, not formatted on every call.)
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get(0)?,
@@ -268,10 +268,10 @@ impl Store {
     ) -> Result<Option<User>, ApiError> {
         let now = to_i64(now);
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3"
-            ))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3",
+            )?;
             Ok(stmt
                 .query_row(params![session_id, user_id, now], user_from_row)
                 .optional()?)
@@ -513,10 +513,9 @@ impl Store {
             let total = tx
                 .prepare_cached("SELECT count(*) FROM users")?
                 .query_row([], |r| r.get(0))?;
-            let items = tx
-                .prepare_cached(&format!(
-                    "SELECT {USER_COLUMNS} FROM users u ORDER BY u.id LIMIT ?1 OFFSET ?2"
-                ))?
+            let items = tx.prepare_cached(
+                    "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM users u ORDER BY u.id LIMIT ?1 OFFSET ?2",
+                )?
                 .query_map(params![limit, offset], user_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Page { items, total })
@@ -526,9 +525,9 @@ impl Store {
 
     pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, ApiError> {
         self.call(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users u WHERE u.email = ?1"
-            ))?
+            Ok(c.prepare_cached(
+                "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM users u WHERE u.email = ?1",
+            )?
             .query_row(params![email], user_from_row)
             .optional()?)
         })
