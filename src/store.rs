@@ -182,21 +182,27 @@ impl Store {
         role: Role,
     ) -> Result<User, ApiError> {
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "INSERT INTO users (email, full_name, password_hash, role) VALUES (?1, ?2, ?3, ?4)
-                 RETURNING id, email, full_name, role, created_at",
-            )?;
-            stmt.query_row(
-                params![email, full_name, password_hash, role.as_str()],
-                user_from_row,
-            )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    ApiError::EmailTaken
-                } else {
-                    e.into()
-                }
-            })
+            // An explicit transaction: its commit reports a failure (a full disk) that a
+            // statement's own autocommit would hide once its RETURNING row has been read.
+            let tx = c.transaction()?;
+            let user = tx
+                .prepare_cached(
+                    "INSERT INTO users (email, full_name, password_hash, role) VALUES (?1, ?2, ?3, ?4)
+                     RETURNING id, email, full_name, role, created_at",
+                )?
+                .query_row(
+                    params![email, full_name, password_hash, role.as_str()],
+                    user_from_row,
+                )
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        ApiError::EmailTaken
+                    } else {
+                        e.into()
+                    }
+                })?;
+            tx.commit()?;
+            Ok(user)
         })
         .await
     }
@@ -449,10 +455,16 @@ impl Store {
         full_name: Option<String>,
     ) -> Result<Option<User>, ApiError> {
         self.call(move |c| {
-            let mut stmt = c.prepare_cached(
-                "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
-            )?;
-            Ok(stmt.query_row(params![full_name, user_id], user_from_row).optional()?)
+            // An explicit transaction, so that a failed commit is reported (see `create_user`).
+            let tx = c.transaction()?;
+            let user = tx
+                .prepare_cached(
+                    "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
+                )?
+                .query_row(params![full_name, user_id], user_from_row)
+                .optional()?;
+            tx.commit()?;
+            Ok(user)
         })
         .await
     }

@@ -740,3 +740,105 @@ fn create_admin_refuses_bad_input_clearly() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// A small tmpfs to fill up; unmounted when dropped. Needs root (CI runs as root).
+struct TinyDisk(tempfile::TempDir);
+
+impl TinyDisk {
+    fn mount(kib: u32) -> Option<TinyDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(TinyDisk(dir))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
+    let Some(disk) = TinyDisk::mount(400) else {
+        eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
+        return;
+    };
+    let dir = disk.0.path();
+    let mut server = Server::start(dir, &[]);
+    let register = |email: &str| {
+        server.json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": email, "password": PASSWORD}),
+            &[],
+        )
+    };
+    register("first@example.com").expect(201);
+    let token = server
+        .json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": "first@example.com", "password": PASSWORD}),
+            &[],
+        )
+        .expect(200);
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+
+    // Fill the disk.
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0u8; 4096]).is_ok() {}
+    drop(file);
+
+    // Every registration answered 201 must be there later; the others must be 503s.
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for i in 0..40 {
+        let email = format!("user{i}@example.com");
+        let r = register(&email);
+        match r.status {
+            201 => created.push(email),
+            503 => {
+                r.expect(503);
+                assert!(r.header("retry-after").is_some());
+                refused += 1;
+            }
+            other => panic!("{other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert!(refused > 0, "the disk never filled up");
+    // Reads that need no write go on.
+    server
+        .request(
+            "GET",
+            "/api/v1/users/me",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .expect(200);
+    server
+        .request("GET", "/health/ready", &[], None)
+        .expect(200);
+
+    // Room again: the server recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    register("after@example.com").expect(201);
+    for email in created.iter().chain([&"after@example.com".to_owned()]) {
+        server
+            .json(
+                "POST",
+                "/api/v1/users/login",
+                &json!({"email": email, "password": PASSWORD}),
+                &[],
+            )
+            .expect(200);
+    }
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}
