@@ -469,16 +469,6 @@ impl Store {
         .await
     }
 
-    /// Deletes a user; its sessions go with it (foreign key cascade). `false` if it was gone.
-    pub async fn delete_user(&self, user_id: i64) -> Result<bool, ApiError> {
-        self.call(move |c| {
-            Ok(c.prepare_cached("DELETE FROM users WHERE id = ?1")?
-                .execute(params![user_id])?
-                > 0)
-        })
-        .await
-    }
-
     /// Deletes sessions past their end (run periodically); how many went.
     pub async fn purge_expired_sessions(&self, now: u64) -> Result<usize, ApiError> {
         let now = to_i64(now);
@@ -566,8 +556,9 @@ impl Store {
         .await
     }
 
-    /// Deletes a user as an admin does: unknown is 404, the last admin 409.
-    pub async fn delete_user_checked(&self, user_id: i64) -> Result<(), ApiError> {
+    /// Deletes a user and (foreign key cascade) its sessions. Unknown is 404; the last admin is
+    /// refused with 409, whether an admin deletes it or it deletes itself.
+    pub async fn delete_user(&self, user_id: i64) -> Result<(), ApiError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if role_of(&tx, user_id)? == Role::Admin && admins_other_than(&tx, user_id)? == 0 {

@@ -225,7 +225,7 @@ pub(crate) async fn delete_user(
     admin: Auth,
     store: Store,
 ) -> Result<Response, Rejection> {
-    store.delete_user_checked(id.0).await?;
+    store.delete_user(id.0).await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = id.0,

@@ -497,6 +497,8 @@ pub(crate) async fn update_profile(
 }
 
 /// Delete the caller's account and every session of it; the email can register again.
+///
+/// The last admin cannot delete itself (409): promote another user first.
 #[utoipa::path(
     delete,
     path = "/api/v1/users/me",
@@ -505,6 +507,7 @@ pub(crate) async fn update_profile(
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, response = Unauthorized),
+        (status = 409, response = Conflict),
         (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable)
     )

@@ -272,3 +272,20 @@ async fn unknown_or_non_numeric_ids_are_404_and_bad_bodies_400() {
     r.problem(405);
     assert_eq!(r.header("allow"), Some("GET"));
 }
+
+#[tokio::test]
+async fn the_last_admin_cannot_delete_itself_either() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    app.authed("DELETE", "/api/v1/users/me", &admin, None)
+        .await
+        .problem(409);
+    app.me(&admin).await.assert_status(200);
+    let second = app.admin_token("second@example.com").await;
+    app.authed("DELETE", "/api/v1/users/me", &admin, None)
+        .await
+        .assert_status(204);
+    app.authed("DELETE", "/api/v1/users/me", &second, None)
+        .await
+        .problem(409);
+}
