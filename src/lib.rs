@@ -132,12 +132,15 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Adds CORS for the configured origins; its own refusals (an origin not on the list) go through
-/// the same `recover`.
+/// Adds CORS for the configured origins. Only a request whose `Origin` is listed goes through
+/// warp's CORS filter (preflights answered, `Access-Control-*` headers added); any other request,
+/// a same-origin one included (browsers send `Origin` on same-origin POSTs), is served as if CORS
+/// were off, and the browser itself keeps other origins from reading the answer.
 fn with_cors(api: BoxedFilter<(Response,)>, origins: &[String]) -> BoxedFilter<(Response,)> {
     if origins.is_empty() {
         return api;
     }
+    let any = origins.iter().any(|o| o == "*");
     let mut cors = warp::cors()
         .allow_methods([
             Method::GET,
@@ -154,16 +157,31 @@ fn with_cors(api: BoxedFilter<(Response,)>, origins: &[String]) -> BoxedFilter<(
             header::HeaderName::from_static("x-request-id"),
         ])
         .max_age(600);
-    if origins.iter().any(|o| o == "*") {
-        cors = cors.allow_any_origin();
+    cors = if any {
+        cors.allow_any_origin()
     } else {
-        cors = cors.allow_origins(origins.iter().map(String::as_str));
-    }
-    api.with(cors)
+        cors.allow_origins(origins.iter().map(String::as_str))
+    };
+    let listed: Arc<[String]> = origins.into();
+    let listed_origin = warp::header::optional::<String>("origin")
+        .and_then(move |origin: Option<String>| {
+            let listed = listed.clone();
+            async move {
+                match origin {
+                    Some(o) if any || listed.contains(&o) => Ok(()),
+                    _ => Err(warp::reject::not_found()),
+                }
+            }
+        })
+        .untuple_one();
+    let cors_api = api
+        .clone()
+        .with(cors)
         .map(Reply::into_response)
+        // A listed origin asking for what CORS does not allow (another header, say): a problem.
         .recover(error::recover)
-        .unify()
-        .boxed()
+        .unify();
+    listed_origin.and(cors_api).or(api).unify().boxed()
 }
 
 fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {

@@ -47,10 +47,43 @@ async fn configured_origins_get_preflights_and_headers_even_on_errors() {
         Some("http://localhost:3000")
     );
 
-    // Another origin is refused with a problem.
-    app.send(preflight("https://evil.example.net"))
-        .await
-        .problem(403);
+    // Another origin gets no CORS headers, so the browser keeps it from reading anything; its
+    // preflight is not answered.
+    let r = app.send(preflight("https://evil.example.net")).await;
+    r.problem(405);
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = app
+        .send(
+            warp::test::request()
+                .path("/health")
+                .header("origin", "https://evil.example.net"),
+        )
+        .await;
+    r.assert_status(200);
+    assert!(r.header("access-control-allow-origin").is_none());
+    // The server's own pages (Swagger UI) send their own origin on POSTs: served as usual.
+    let r = app
+        .send(
+            warp::test::request()
+                .method("POST")
+                .path("/api/v1/users/register")
+                .header("origin", "http://127.0.0.1:8000")
+                .json(&serde_json::json!({"email": "alice@example.com", "password": "MyStrongPass123"})),
+        )
+        .await;
+    r.assert_status(201);
+    // A listed origin asking for a header that is not allowed: refused, as a problem.
+    let r = app
+        .send(
+            warp::test::request()
+                .method("OPTIONS")
+                .path("/api/v1/users/me")
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "x-secret-header"),
+        )
+        .await;
+    r.problem(403);
     // No Origin at all: not a CORS request, served as usual.
     app.send(warp::test::request().path("/health"))
         .await
