@@ -4,6 +4,8 @@
 //! after 15 minutes without a failure. At the limit the key is blocked for 30 seconds, and every
 //! further failure once the block has passed doubles that, up to 15 minutes: slow enough to stop
 //! guessing, never a permanent lockout. A successful login clears the account's count.
+//! Attempts still being checked count as failures until they end, so a burst sent in parallel
+//! gets no more guesses than the same attempts sent one by one.
 //!
 //! `governor` was considered: its GCRA quota can neither grow the wait with each failure nor be
 //! cleared by a success, which the contract asks for. This structure is small and tested instead.
@@ -28,16 +30,23 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     failures: u32,
+    /// Attempts admitted and not yet ended.
+    in_flight: u32,
     last_failure: Instant,
     blocked_until: Option<Instant>,
 }
 
 impl Entry {
+    /// Nothing to remember: no attempt under way, no recent failure, no block.
     fn idle(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_failure) > WINDOW
+        self.in_flight == 0
+            && (self.failures == 0 || now.saturating_duration_since(self.last_failure) > WINDOW)
             && self.blocked_until.is_none_or(|until| until <= now)
     }
 }
+
+/// The wait answered when the attempts already under way would reach the limit.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 
 /// One table of keys with their failures.
 #[derive(Debug)]
@@ -65,26 +74,64 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             .map(|until| until - now)
     }
 
+    /// Admits one attempt for `key`, or says how long to wait: while the key is blocked, or
+    /// while its recent failures and the attempts under way reach the limit.
+    pub fn admit(&mut self, key: K, now: Instant) -> Result<(), Duration> {
+        if let Some(wait) = self.blocked_for(&key, now) {
+            return Err(wait);
+        }
+        let max = self.max_failures;
+        let entry = self.entry(key, now);
+        let recent =
+            if entry.failures > 0 && now.saturating_duration_since(entry.last_failure) > WINDOW {
+                0
+            } else {
+                entry.failures
+            };
+        if recent.saturating_add(entry.in_flight) >= max {
+            return Err(BUSY_WAIT);
+        }
+        entry.in_flight += 1;
+        Ok(())
+    }
+
+    /// Ends an admitted attempt; a failed one counts.
+    pub fn settle(&mut self, key: K, now: Instant, failed: bool) {
+        if let Some(entry) = self.entries.get_mut(&key) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+        if failed {
+            self.fail(key, now);
+        }
+    }
+
     /// Counts a failure; blocks the key once it reaches the limit.
     pub fn fail(&mut self, key: K, now: Instant) {
-        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            self.shed(now);
-        }
-        let entry = self.entries.entry(key).or_insert(Entry {
-            failures: 0,
-            last_failure: now,
-            blocked_until: None,
-        });
-        if entry.idle(now) {
+        let max = self.max_failures;
+        let entry = self.entry(key, now);
+        if entry.failures > 0 && now.saturating_duration_since(entry.last_failure) > WINDOW {
             entry.failures = 0;
         }
         entry.failures = entry.failures.saturating_add(1);
         entry.last_failure = now;
-        if entry.failures >= self.max_failures {
-            let doublings = (entry.failures - self.max_failures).min(16);
+        if entry.failures >= max {
+            let doublings = (entry.failures - max).min(16);
             let block = BASE_BLOCK.saturating_mul(1 << doublings).min(WINDOW);
             entry.blocked_until = Some(now + block);
         }
+    }
+
+    /// The key's entry, made (after shedding at capacity) if it has none.
+    fn entry(&mut self, key: K, now: Instant) -> &mut Entry {
+        if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
+            self.shed(now);
+        }
+        self.entries.entry(key).or_insert(Entry {
+            failures: 0,
+            in_flight: 0,
+            last_failure: now,
+            blocked_until: None,
+        })
     }
 
     pub fn clear(&mut self, key: &K) {
@@ -117,7 +164,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
             .map(|(k, e)| {
                 (
                     e.failures,
-                    e.blocked_until.is_some_and(|u| u > now),
+                    e.in_flight > 0 || e.blocked_until.is_some_and(|u| u > now),
                     k.clone(),
                 )
             })
@@ -164,38 +211,37 @@ impl LoginThrottle {
         }
     }
 
-    /// 429 with `Retry-After` while the account or the address is blocked.
-    pub fn check(&self, account: &str, addr: Option<IpAddr>) -> Result<(), ApiError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let account_wait = lock(&self.accounts).blocked_for(&account.to_owned(), now);
-        let address_wait =
-            addr.and_then(|a| lock(&self.addresses).blocked_for(&address_key(a), now));
-        match account_wait.max(address_wait) {
-            Some(wait) => Err(ApiError::TooManyAttempts {
-                retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    pub fn failure(&self, account: &str, addr: Option<IpAddr>) {
-        if !self.enabled {
-            return;
-        }
-        let now = Instant::now();
-        lock(&self.accounts).fail(account.to_owned(), now);
-        if let Some(addr) = addr {
-            lock(&self.addresses).fail(address_key(addr), now);
-        }
-    }
-
-    /// A good login clears the account's count (not the address's).
-    pub fn success(&self, account: &str) {
+    /// Admits a login attempt (or a check of the current password) for `account` from `addr`,
+    /// or answers 429 with `Retry-After`. End it with [`Attempt::failed`] or
+    /// [`Attempt::succeeded`]; dropped unended (a server error), it counts for nothing.
+    pub fn begin(&self, account: &str, addr: Option<IpAddr>) -> Result<Attempt<'_>, ApiError> {
+        let account = account.to_owned();
+        let addr = addr.map(address_key);
         if self.enabled {
-            lock(&self.accounts).clear(&account.to_owned());
+            let now = Instant::now();
+            lock(&self.accounts)
+                .admit(account.clone(), now)
+                .map_err(too_many)?;
+            if let Some(Err(wait)) = addr.map(|a| lock(&self.addresses).admit(a, now)) {
+                lock(&self.accounts).settle(account, now, false);
+                return Err(too_many(wait));
+            }
+        }
+        // Made only once admitted: dropping it releases what was reserved, nothing else.
+        Ok(Attempt {
+            throttle: self,
+            account,
+            addr,
+            // With throttling off there is nothing to end.
+            ended: !self.enabled,
+        })
+    }
+
+    fn end(&self, account: &str, addr: Option<IpAddr>, failed: bool) {
+        let now = Instant::now();
+        lock(&self.accounts).settle(account.to_owned(), now, failed);
+        if let Some(addr) = addr {
+            lock(&self.addresses).settle(addr, now, failed);
         }
     }
 
@@ -209,6 +255,48 @@ impl LoginThrottle {
     /// Entries held: (accounts, addresses).
     pub fn len(&self) -> (usize, usize) {
         (lock(&self.accounts).len(), lock(&self.addresses).len())
+    }
+}
+
+/// An admitted attempt; see [`LoginThrottle::begin`].
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a LoginThrottle,
+    account: String,
+    addr: Option<IpAddr>,
+    ended: bool,
+}
+
+impl Attempt<'_> {
+    /// The password was wrong: counts against the account and the address.
+    pub fn failed(mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.throttle.end(&self.account, self.addr, true);
+        }
+    }
+
+    /// The password was right: the account's count is cleared (not the address's).
+    pub fn succeeded(mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.throttle.end(&self.account, self.addr, false);
+            lock(&self.throttle.accounts).clear(&self.account);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.throttle.end(&self.account, self.addr, false);
+        }
+    }
+}
+
+fn too_many(wait: Duration) -> ApiError {
+    ApiError::TooManyAttempts {
+        retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
     }
 }
 
@@ -301,9 +389,9 @@ mod tests {
     fn zero_turns_it_off() {
         let t = LoginThrottle::new(0, 10);
         for _ in 0..100 {
-            t.failure("a@example.com", None);
+            t.begin("a@example.com", None).unwrap().failed();
         }
-        assert!(t.check("a@example.com", None).is_ok());
+        assert!(t.begin("a@example.com", None).is_ok());
         assert_eq!(t.len(), (0, 0));
     }
 
@@ -312,12 +400,59 @@ mod tests {
         let t = LoginThrottle::new(2, 1_000);
         let addr: IpAddr = "192.0.2.7".parse().unwrap();
         for i in 0..19 {
-            t.failure(&format!("user{i}@example.com"), Some(addr));
+            t.begin(&format!("user{i}@example.com"), Some(addr))
+                .unwrap()
+                .failed();
         }
-        assert!(t.check("fresh@example.com", Some(addr)).is_ok());
-        t.failure("user19@example.com", Some(addr));
-        let err = t.check("fresh@example.com", Some(addr)).unwrap_err();
+        assert!(t.begin("fresh@example.com", Some(addr)).is_ok());
+        t.begin("user19@example.com", Some(addr)).unwrap().failed();
+        let err = t.begin("fresh@example.com", Some(addr)).unwrap_err();
         assert!(matches!(err, ApiError::TooManyAttempts { retry_after: 30 }));
-        assert!(t.check("fresh@example.com", None).is_ok());
+        assert!(t.begin("fresh@example.com", None).is_ok());
+    }
+
+    #[test]
+    fn attempts_under_way_count_until_they_end() {
+        let t = LoginThrottle::new(3, 1_000);
+        let burst: Vec<_> = (0..3)
+            .map(|_| t.begin("a@example.com", None).unwrap())
+            .collect();
+        // Three guesses under way: a fourth must wait, whatever the address.
+        let addr: IpAddr = "192.0.2.9".parse().unwrap();
+        assert!(matches!(
+            t.begin("a@example.com", Some(addr)),
+            Err(ApiError::TooManyAttempts { retry_after: 1 })
+        ));
+        // The refused attempt reserved nothing at the address.
+        assert_eq!(
+            lock(&t.addresses)
+                .entries
+                .get(&addr)
+                .map_or(0, |e| e.in_flight),
+            0
+        );
+        for attempt in burst {
+            attempt.failed();
+        }
+        // Now blocked for real.
+        assert!(matches!(
+            t.begin("a@example.com", None),
+            Err(ApiError::TooManyAttempts { retry_after: 30 })
+        ));
+    }
+
+    #[test]
+    fn an_abandoned_attempt_counts_for_nothing_and_success_clears() {
+        let t = LoginThrottle::new(2, 1_000);
+        t.begin("a@example.com", None).unwrap().failed();
+        drop(t.begin("a@example.com", None).unwrap());
+        assert!(t.begin("a@example.com", None).is_ok());
+        t.begin("a@example.com", None).unwrap().succeeded();
+        t.begin("a@example.com", None).unwrap().failed();
+        assert!(
+            t.begin("a@example.com", None).is_ok(),
+            "the success cleared the earlier failure"
+        );
+        t.purge();
     }
 }

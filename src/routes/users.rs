@@ -352,7 +352,7 @@ pub(crate) async fn login(
 ) -> Result<Response, Rejection> {
     let address = client.map(|c| c.0);
     // A throttled account or address gets 429 even with the right password.
-    state.throttle.check(&body.email, address)?;
+    let attempt = state.throttle.begin(&body.email, address)?;
     let credentials = state.store.credentials(body.email.clone()).await?;
     // Unknown emails are checked against a dummy hash: both failures take the same time.
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
@@ -360,11 +360,11 @@ pub(crate) async fn login(
     let credentials = match credentials {
         Some(c) if valid => c,
         _ => {
-            state.throttle.failure(&body.email, address);
+            attempt.failed();
             return Err(ApiError::InvalidCredentials.into());
         }
     };
-    state.throttle.success(&body.email);
+    attempt.succeeded();
     if state.hasher.needs_rehash(&credentials.password_hash) {
         let new_hash = state.hasher.hash(body.password).await?;
         state
@@ -545,7 +545,7 @@ pub(crate) async fn change_password(
     state: AppState,
 ) -> Result<Response, Rejection> {
     // Guessing the current password with a stolen access token is throttled like a login.
-    state.throttle.check(&auth.user.email, None)?;
+    let attempt = state.throttle.begin(&auth.user.email, None)?;
     let stored = state
         .store
         .password_hash(auth.user.id)
@@ -556,9 +556,10 @@ pub(crate) async fn change_password(
         .verify(body.current_password, Some(stored.clone()))
         .await?
     {
-        state.throttle.failure(&auth.user.email, None);
+        attempt.failed();
         return Err(ApiError::WrongPassword.into());
     }
+    attempt.succeeded();
     let new_hash = state.hasher.hash(body.new_password).await?;
     if !state
         .store

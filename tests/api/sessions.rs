@@ -411,3 +411,27 @@ async fn zero_turns_throttling_off() {
         .assert_status(200);
     assert_eq!(app.state.throttle.len(), (0, 0));
 }
+
+#[tokio::test]
+async fn a_parallel_burst_gets_no_more_guesses_than_one_by_one() {
+    let app = TestApp::with(&[("LOGIN_MAX_FAILURES", "3")]).await;
+    app.register("alice@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    let burst = (0..20).map(|_| {
+        app.send(login_from(
+            "alice@example.com",
+            "Wrong-password-1",
+            "192.0.2.1",
+        ))
+    });
+    let results = futures_util::future::join_all(burst).await;
+    let guessed = results.iter().filter(|r| r.status == 401).count();
+    let throttled = results.iter().filter(|r| r.status == 429).count();
+    assert_eq!(guessed + throttled, 20);
+    let order: Vec<u16> = results.iter().map(|r| r.status.as_u16()).collect();
+    assert!(guessed <= 3, "{guessed} guesses were checked: {order:?}");
+    app.send(login_from("alice@example.com", PASSWORD, "192.0.2.1"))
+        .await
+        .problem(429);
+}
