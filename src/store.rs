@@ -5,6 +5,8 @@
 //! every start; its version is kept in `PRAGMA user_version` and checked, so that a later release
 //! can migrate and an older binary refuses a newer database instead of corrupting it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,7 +19,9 @@ use crate::error::ApiError;
 
 const SCHEMA: &str = include_str!("../schema.sql");
 pub const SCHEMA_VERSION: i64 = 1;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a statement waits for another connection's lock before the request gets 503. Short:
+/// writes queue behind each other on the writer's thread, and each would wait this long.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A user's role; read on every request, so a change applies to live tokens at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -103,10 +107,14 @@ fn is_unique_violation(err: &rusqlite::Error) -> bool {
     )
 }
 
-/// The database handle (cheap to clone: every clone talks to the same connection thread).
+/// The database handle: one connection for writes and a few for reads, each on a thread of its
+/// own. In WAL mode reads never wait for a write, so `/me` and readiness keep answering while a
+/// write waits on a lock (another process's, say). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    conn: Connection,
+    writer: Connection,
+    readers: Arc<[Connection]>,
+    next_reader: Arc<AtomicUsize>,
 }
 
 /// Why the database could not be opened at start.
@@ -114,41 +122,88 @@ pub struct Store {
 #[error("{0}")]
 pub struct OpenError(String);
 
+/// Read connections of a file database.
+const READERS: usize = 2;
+
 impl Store {
     /// Opens (creating if needed) the database, sets it up and applies the schema.
     pub async fn open(location: &DatabaseLocation) -> Result<Self, OpenError> {
-        let conn = match location {
-            DatabaseLocation::Memory => Connection::open_in_memory().await,
-            DatabaseLocation::File(path) => Connection::open(path).await,
-        }
-        .map_err(|e| OpenError(format!("cannot open the database at {location}: {e}")))?;
         let location_text = location.to_string();
-        conn.call(move |c| {
-            configure(c)?;
-            migrate(c)
-        })
-        .await
-        .map_err(|e| match e {
+        let failed = |e: tokio_rusqlite::Error<String>| match e {
             tokio_rusqlite::Error::Error(msg) => {
                 OpenError(format!("database at {location_text}: {msg}"))
             }
             other => OpenError(format!("database at {location_text}: {other}")),
-        })?;
-        Ok(Self { conn })
+        };
+        let cannot_open =
+            |e: rusqlite::Error| OpenError(format!("cannot open the database at {location}: {e}"));
+        let (writer, readers) = match location {
+            DatabaseLocation::Memory => {
+                // One in-memory database is one connection: it reads and writes.
+                let conn = Connection::open_in_memory().await.map_err(cannot_open)?;
+                conn.call(|c| configure(c).and_then(|()| migrate(c)))
+                    .await
+                    .map_err(failed)?;
+                (conn.clone(), vec![conn])
+            }
+            DatabaseLocation::File(path) => {
+                create_private(path).map_err(|e| {
+                    OpenError(format!("cannot create the database at {location}: {e}"))
+                })?;
+                let writer = Connection::open(path).await.map_err(cannot_open)?;
+                writer
+                    .call(|c| configure(c).and_then(|()| migrate(c)))
+                    .await
+                    .map_err(failed)?;
+                let mut readers = Vec::with_capacity(READERS);
+                for _ in 0..READERS {
+                    let reader = Connection::open(path).await.map_err(cannot_open)?;
+                    reader
+                        .call(|c| {
+                            configure(c)?;
+                            c.pragma_update(None, "query_only", true)
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(failed)?;
+                    readers.push(reader);
+                }
+                (writer, readers)
+            }
+        };
+        Ok(Self {
+            writer,
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
-    /// Runs `f` on the connection thread; rusqlite errors become `ApiError`s (locked → 503 …).
-    async fn call<T, F>(&self, f: F) -> Result<T, ApiError>
+    /// Runs a write on the writer's thread; rusqlite errors become `ApiError`s (locked → 503 …).
+    async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
     {
-        Ok(self.conn.call(f).await?)
+        Ok(self.writer.call(f).await?)
     }
 
-    /// Closes the connection (at shutdown: the WAL is checkpointed). Later calls fail.
+    /// Runs a read on one of the readers' threads, in turn.
+    async fn read<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        Ok(self.readers[i].call(f).await?)
+    }
+
+    /// Closes every connection (at shutdown: the WAL is checkpointed). Later calls fail.
     pub async fn close(&self) -> Result<(), ApiError> {
-        self.conn
+        for reader in self.readers.iter() {
+            // A memory database's reader is the writer, closed below.
+            let _ = reader.clone().close().await;
+        }
+        self.writer
             .clone()
             .close()
             .await
@@ -157,7 +212,7 @@ impl Store {
 
     /// Answers when the database does (readiness).
     pub async fn ping(&self) -> Result<(), ApiError> {
-        self.call(|c| {
+        self.read(|c| {
             c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
             Ok(())
         })
@@ -165,7 +220,7 @@ impl Store {
     }
 
     pub async fn email_exists(&self, email: String) -> Result<bool, ApiError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT 1 FROM users WHERE email = ?1")?;
             Ok(stmt.exists(params![email])?)
         })
@@ -181,7 +236,7 @@ impl Store {
         password_hash: String,
         role: Role,
     ) -> Result<User, ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             // An explicit transaction: its commit reports a failure (a full disk) that a
             // statement's own autocommit would hide once its RETURNING row has been read.
             let tx = c.transaction()?;
@@ -208,7 +263,7 @@ impl Store {
     }
 
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, ApiError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT id, password_hash FROM users WHERE email = ?1")?;
             Ok(stmt
@@ -230,7 +285,7 @@ impl Store {
         old: String,
         new: String,
     ) -> Result<(), ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             c.prepare_cached(
                 "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3",
             )?
@@ -249,7 +304,7 @@ impl Store {
             to_i64(s.now),
             to_i64(s.expires_at),
         );
-        self.call(move |c| {
+        self.write(move |c| {
             let inserted = c
                 .prepare_cached(
                     "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
@@ -273,7 +328,7 @@ impl Store {
         now: u64,
     ) -> Result<Option<User>, ApiError> {
         let now = to_i64(now);
-        self.call(move |c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3",
@@ -328,7 +383,7 @@ impl Store {
     /// starts a second chain. Reuse after the grace window deletes the session (and so every
     /// access and refresh token of it).
     pub async fn refresh(&self, r: Rotation) -> Result<Refresh, ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = to_i64(r.now);
             let presented = &r.presented[..];
@@ -403,7 +458,7 @@ impl Store {
 
     /// Ends one session (logout): its access and refresh tokens stop working at once.
     pub async fn delete_session(&self, session_id: String) -> Result<(), ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                 .execute(params![session_id])?;
             Ok(())
@@ -412,7 +467,7 @@ impl Store {
     }
 
     pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, ApiError> {
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(
                 c.prepare_cached("SELECT password_hash FROM users WHERE id = ?1")?
                     .query_row(params![user_id], |r| r.get(0))
@@ -430,7 +485,7 @@ impl Store {
         old: String,
         new: String,
     ) -> Result<bool, ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let changed = tx
                 .prepare_cached(
@@ -454,7 +509,7 @@ impl Store {
         user_id: i64,
         full_name: Option<String>,
     ) -> Result<Option<User>, ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             // An explicit transaction, so that a failed commit is reported (see `create_user`).
             let tx = c.transaction()?;
             let user = tx
@@ -472,7 +527,7 @@ impl Store {
     /// Deletes sessions past their end (run periodically); how many went.
     pub async fn purge_expired_sessions(&self, now: u64) -> Result<usize, ApiError> {
         let now = to_i64(now);
-        self.call(move |c| {
+        self.write(move |c| {
             Ok(
                 c.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
                     .execute(params![now])?,
@@ -510,7 +565,7 @@ fn role_of(tx: &rusqlite::Transaction<'_>, user_id: i64) -> Result<Role, ApiErro
 
 impl Store {
     pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, ApiError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let tx = c.transaction()?;
             let total = tx
                 .prepare_cached("SELECT count(*) FROM users")?
@@ -526,7 +581,7 @@ impl Store {
     }
 
     pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, ApiError> {
-        self.call(move |c| {
+        self.read(move |c| {
             Ok(c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM users u WHERE u.email = ?1",
             )?
@@ -539,7 +594,7 @@ impl Store {
     /// Sets a user's role; demoting the last admin is refused (409), in the same transaction as
     /// the count, so two admins demoting each other at once cannot leave none.
     pub async fn set_role(&self, user_id: i64, role: Role) -> Result<User, ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current = role_of(&tx, user_id)?;
             if current == Role::Admin && role != Role::Admin && admins_other_than(&tx, user_id)? == 0 {
@@ -559,7 +614,7 @@ impl Store {
     /// Deletes a user and (foreign key cascade) its sessions. Unknown is 404; the last admin is
     /// refused with 409, whether an admin deletes it or it deletes itself.
     pub async fn delete_user(&self, user_id: i64) -> Result<(), ApiError> {
-        self.call(move |c| {
+        self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if role_of(&tx, user_id)? == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
                 return Err(ApiError::Conflict(LAST_ADMIN));
@@ -575,6 +630,20 @@ impl Store {
 
 fn to_i64(seconds: u64) -> i64 {
     i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+/// Creates the database file readable by its owner only (it holds password hashes); SQLite
+/// gives its -wal and -shm files the same mode.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn configure(c: &mut rusqlite::Connection) -> Result<(), String> {

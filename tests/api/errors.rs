@@ -205,20 +205,35 @@ async fn a_full_hashing_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
-async fn a_locked_database_is_503_and_reads_of_live_sessions_recover() {
+async fn a_locked_database_is_503_and_reads_go_on_meanwhile() {
     let app = TestApp::new().await;
     let token = app.token("alice@example.com").await;
     // Another process holds the write lock for longer than the busy timeout.
     let sql = app.sql();
-    sql.execute_batch("BEGIN IMMEDIATE; INSERT INTO users (email, password_hash) VALUES ('lock@example.com', 'x');")
-        .unwrap();
+    sql.execute_batch(
+        "BEGIN IMMEDIATE; INSERT INTO users (email, password_hash) VALUES ('lock@example.com', 'x');",
+    )
+    .unwrap();
     let started = std::time::Instant::now();
-    let r = app.register("bob@example.com", PASSWORD).await;
+    let write = app.register("bob@example.com", PASSWORD);
+    let reads = async {
+        // While the write waits on the lock, reads answer at once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = std::time::Instant::now();
+        let me = app.me(&token).await;
+        let ready = app.send(warp::test::request().path("/health/ready")).await;
+        (me, ready, t.elapsed())
+    };
+    let (r, (me, ready, read_time)) = tokio::join!(write, reads);
     r.problem(503);
     assert!(r.header("retry-after").is_some());
-    assert!(started.elapsed() >= Duration::from_secs(4));
-    // Reads go on while the lock is held (WAL).
-    app.me(&token).await.assert_status(200);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    me.assert_status(200);
+    ready.assert_status(200);
+    assert!(
+        read_time < Duration::from_millis(500),
+        "reads waited {read_time:?}"
+    );
     sql.execute_batch("ROLLBACK;").unwrap();
     app.register("bob@example.com", PASSWORD)
         .await
