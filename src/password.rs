@@ -12,7 +12,9 @@
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
+use std::sync::Mutex;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::oneshot;
@@ -53,7 +55,8 @@ enum Job {
     Verify {
         password: String,
         hash: String,
-        reply: oneshot::Sender<Result<bool, bcrypt::BcryptError>>,
+        /// The verdict, and how long bcrypt took.
+        reply: oneshot::Sender<(Result<bool, bcrypt::BcryptError>, Duration)>,
     },
 }
 
@@ -62,9 +65,27 @@ enum Job {
 pub struct PasswordHasher {
     jobs: Sender<Job>,
     cost: u32,
-    workers: usize,
     /// Verified against when the email is unknown, so that a login takes as long either way.
     dummy_hash: std::sync::Arc<str>,
+    /// How long the recent verifies took.
+    recent: std::sync::Arc<RecentTimes>,
+}
+
+/// The durations of the last few verifies, to pad failed ones to the slowest.
+#[derive(Default)]
+struct RecentTimes {
+    times: Mutex<([Duration; 32], usize)>,
+}
+
+impl RecentTimes {
+    /// Records one duration; the slowest of the recent ones, this one included.
+    fn record(&self, took: Duration) -> Duration {
+        let mut guard = self.times.lock().unwrap_or_else(|p| p.into_inner());
+        let (times, next) = &mut *guard;
+        times[*next % times.len()] = took;
+        *next = next.wrapping_add(1);
+        times.iter().copied().max().unwrap_or(took)
+    }
 }
 
 impl PasswordHasher {
@@ -91,8 +112,8 @@ impl PasswordHasher {
         Ok(Self {
             jobs,
             cost,
-            workers,
             dummy_hash,
+            recent: Default::default(),
         })
     }
 
@@ -100,14 +121,6 @@ impl PasswordHasher {
     pub fn with_cpu_count(cost: u32) -> Result<Self, ApiError> {
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
         Self::new(cost, workers, (16 * workers).max(32))
-    }
-
-    pub fn cost(&self) -> u32 {
-        self.cost
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
@@ -121,6 +134,11 @@ impl PasswordHasher {
 
     /// Verifies `password` against `hash`, or against a dummy hash when there is none, so that an
     /// unknown email costs the same time as a wrong password. A malformed stored hash is an error.
+    ///
+    /// A failed verify also lasts at least as long as the slowest of the recent verifies: after a
+    /// change of `BCRYPT_COST`, hashes of the old cost stay until their users log in again, and
+    /// without this an unknown email (checked at the new cost) would answer faster or slower than
+    /// a known one.
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
@@ -130,15 +148,20 @@ impl PasswordHasher {
             hash,
             reply,
         })?;
-        let result = answer
+        let (result, took) = answer
             .await
             .map_err(|_| ApiError::Internal("hashing thread ended".into()))?;
-        match result {
-            Ok(ok) => Ok(ok && known),
+        let slowest = self.recent.record(took);
+        let ok = match result {
+            Ok(ok) => ok && known,
             // A password over 72 bytes: no stored hash can match it.
-            Err(bcrypt::BcryptError::Truncation(_)) => Ok(false),
-            Err(e) => Err(ApiError::Internal(format!("bcrypt: {e}"))),
+            Err(bcrypt::BcryptError::Truncation(_)) => false,
+            Err(e) => return Err(ApiError::Internal(format!("bcrypt: {e}"))),
+        };
+        if !ok && slowest > took {
+            tokio::time::sleep(slowest - took).await;
         }
+        Ok(ok)
     }
 
     /// Whether a stored hash was made with another cost than the configured one.
@@ -190,12 +213,13 @@ fn run(job: Job, cost: u32) {
             hash,
             reply,
         } => {
+            let started = Instant::now();
             let result = if password.len() > MAX_PASSWORD_BYTES {
                 Err(bcrypt::BcryptError::Truncation(password.len()))
             } else {
                 bcrypt::verify(password, &hash)
             };
-            let _ = reply.send(result);
+            let _ = reply.send((result, started.elapsed()));
         }
     }
 }
@@ -303,6 +327,39 @@ mod tests {
             .unwrap();
         assert_eq!(own_nice, 0);
         drop(hasher);
+    }
+
+    #[tokio::test]
+    async fn a_failed_verify_lasts_as_long_as_the_slowest_recent_one() {
+        let hasher = PasswordHasher::new(4, 1, 8).unwrap();
+        // A user whose hash is of an older, higher cost logs in: that verify is slow.
+        let old = bcrypt::hash("MyStrongPass123", 9).unwrap();
+        let t = Instant::now();
+        assert!(
+            hasher
+                .verify("MyStrongPass123".into(), Some(old))
+                .await
+                .unwrap()
+        );
+        let slow = t.elapsed();
+        // An unknown email is checked against the dummy hash (cost 4), yet takes as long.
+        let t = Instant::now();
+        assert!(!hasher.verify("MyStrongPass123".into(), None).await.unwrap());
+        let unknown = t.elapsed();
+        assert!(
+            unknown * 10 >= slow * 9,
+            "unknown email {unknown:?}, old-cost user {slow:?}"
+        );
+        // A success is not padded.
+        let fast = hasher.hash("An0ther-Strong-Pass".into()).await.unwrap();
+        let t = Instant::now();
+        assert!(
+            hasher
+                .verify("An0ther-Strong-Pass".into(), Some(fast))
+                .await
+                .unwrap()
+        );
+        assert!(t.elapsed() * 2 < slow, "{:?} vs {slow:?}", t.elapsed());
     }
 
     #[tokio::test]
