@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -111,27 +111,36 @@ pub fn body_of(
         .untuple_one()
 }
 
+/// How long a body may take to arrive once its headers have: a client sending a byte now and
+/// then must not hold a connection forever.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
 async fn read_limited<S, B>(stream: S) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut stream = std::pin::pin!(stream);
-    let mut body = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("Could not read the body: {e}")))?;
-        if body.len() + chunk.remaining() > BODY_LIMIT {
-            return Err(ApiError::PayloadTooLarge);
+    let read = async {
+        let mut stream = std::pin::pin!(stream);
+        let mut body = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let mut chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("Could not read the body: {e}")))?;
+            if body.len() + chunk.remaining() > BODY_LIMIT {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            while chunk.has_remaining() {
+                let piece = chunk.chunk();
+                let n = piece.len();
+                body.extend_from_slice(piece);
+                chunk.advance(n);
+            }
         }
-        while chunk.has_remaining() {
-            let piece = chunk.chunk();
-            let n = piece.len();
-            body.extend_from_slice(piece);
-            chunk.advance(n);
-        }
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_DEADLINE, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
 }
 
 /// A JSON body of type `T`: size limit → content type → JSON → validation, each failure a

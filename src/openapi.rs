@@ -59,6 +59,7 @@ pub fn document() -> String {
             NotFound,
             Conflict,
             PayloadTooLarge,
+            RequestTimeout,
             UnsupportedMediaType,
             TooManyRequests,
             ServiceUnavailable,
@@ -138,6 +139,14 @@ pub struct Conflict(pub Problem);
     example = json!({"type": "about:blank", "title": "Payload Too Large", "status": 413, "detail": "Request body is larger than 16 KiB"})
 )]
 pub struct PayloadTooLarge(pub Problem);
+
+/// The body did not arrive within 10 seconds of the headers.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Request Timeout", "status": 408, "detail": "The request body did not arrive within 10 seconds"})
+)]
+pub struct RequestTimeout(pub Problem);
 
 /// The body's content type is not one this operation reads.
 #[derive(ToResponse)]

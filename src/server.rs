@@ -1,14 +1,17 @@
 //! The HTTP/1 server around [`crate::app`]: connection limits, panics, graceful shutdown.
 //!
 //! warp's own `serve` offers none of the limits the contract needs, so connections are served
-//! with hyper directly: at most 100 request headers and 16 KiB of request head (431 beyond), a
-//! 10-second deadline for the head to arrive, the client address for the handlers, and a panic in
-//! a handler answered with a problem+json 500 instead of a dropped connection.
+//! with hyper directly: at most 100 request headers and 16 KiB of headers (a problem+json 431
+//! beyond; hyper itself answers a bare 431 past 200 headers or a 64 KiB head), a 10-second
+//! deadline for a request head to arrive, at most 4096 connections at once, the client address
+//! for the handlers, and a panic in a handler answered with a problem+json 500 instead of a
+//! dropped connection.
 
 use std::any::Any;
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -18,9 +21,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, Request, StatusCode, header};
+use warp::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
 
 use crate::error::problem;
@@ -28,6 +32,11 @@ use crate::filters::{ClientAddr, RequestId};
 
 /// Longest wait for in-flight requests after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// Request headers allowed, in number and in bytes (names, values and their separators).
+const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 4096;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
 pub async fn serve(
@@ -36,14 +45,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = http1::Builder::new();
-    http.max_headers(100)
-        .max_buf_size(16 * 1024)
+    // Generous here, so that the check below, which answers in problem+json, sees the request.
+    http.max_headers(2 * MAX_HEADERS)
+        .max_buf_size(4 * MAX_HEADER_BYTES)
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
 
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -61,8 +79,12 @@ pub async fn serve(
         let service = service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer.ip()));
             let request_id = request.headers().get("x-request-id").cloned();
+            let too_large = head_too_large(request.headers());
             let mut inner = warp_service.clone();
             async move {
+                if too_large {
+                    return Ok(header_fields_too_large(request_id));
+                }
                 let response = match AssertUnwindSafe(inner.call(request)).catch_unwind().await {
                     Ok(Ok(response)) => response,
                     Ok(Err(never)) => match never {},
@@ -77,6 +99,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
 
@@ -88,6 +111,36 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
     }
+}
+
+/// Whether the request's headers are over the contract's limits.
+fn head_too_large(headers: &HeaderMap) -> bool {
+    headers.len() > MAX_HEADERS
+        || headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+            > MAX_HEADER_BYTES
+}
+
+/// 431 as problem+json; the connection is closed after it (the body is not read).
+fn header_fields_too_large(request_id: Option<HeaderValue>) -> Response {
+    let mut response = problem(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        format!(
+            "At most {MAX_HEADERS} request headers and {} KiB of them",
+            MAX_HEADER_BYTES / 1024
+        ),
+        None,
+    );
+    let headers = response.headers_mut();
+    headers.insert("x-request-id", RequestId::for_header(request_id.as_ref()));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The answer to a handler that panicked: a generic 500; the panic's message goes to the log.

@@ -13,8 +13,8 @@ use crate::AppState;
 use crate::error::{ApiError, FieldError};
 use crate::filters::{Auth, allow, json_body, with_admin, with_db};
 use crate::openapi::{
-    BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, ServiceUnavailable,
-    Unauthorized, UnsupportedMediaType,
+    BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, RequestTimeout,
+    ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
 use crate::routes::no_content;
 use crate::store::{Role, Store, User};
@@ -181,6 +181,7 @@ pub(crate) async fn list_users(
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = Conflict),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 500, response = InternalError),

@@ -14,8 +14,8 @@ use crate::filters::{
     Auth, BodyKind, ClientAddr, allow, body_of, client_addr, json_body, with_auth, with_state,
 };
 use crate::openapi::{
-    BadRequest, Conflict, InternalError, PayloadTooLarge, ServiceUnavailable, TooManyRequests,
-    Unauthorized, UnsupportedMediaType,
+    BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
+    TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::routes::no_content;
 use crate::store::{NewSession, Refresh, Role, Rotation, User};
@@ -274,6 +274,7 @@ fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
         (status = 201, description = "Registered", body = User, headers(("Location" = String, description = "`/api/v1/users/me`"))),
         (status = 400, response = BadRequest),
         (status = 409, response = Conflict),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 500, response = InternalError),
@@ -338,6 +339,7 @@ pub(crate) fn me(auth: Auth) -> Response {
         (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
@@ -394,6 +396,7 @@ pub(crate) async fn login(
         (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 500, response = InternalError),
@@ -474,6 +477,7 @@ pub(crate) async fn logout(auth: Auth, state: AppState) -> Result<Response, Reje
         (status = 200, description = "The user as it is now", body = User),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 500, response = InternalError),
@@ -532,6 +536,7 @@ pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Respon
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 409, response = Conflict),
+        (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 429, response = TooManyRequests),
