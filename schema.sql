@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     refresh_hash   BLOB    NOT NULL UNIQUE,        -- SHA-256 of the live refresh token
     prev_hash      BLOB    UNIQUE,                 -- SHA-256 of the token it replaced
     prev_successor BLOB,                           -- the live token, sealed under the previous one
+                                                   -- (cleared once the grace window is over)
     rotated_at     INTEGER,                        -- unix seconds of the last rotation
     created_at     INTEGER NOT NULL,               -- unix seconds
     expires_at     INTEGER NOT NULL                -- unix seconds
@@ -29,9 +30,11 @@ CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 
 -- Refresh tokens already exchanged: presenting one again (after the grace window) revokes the
--- session it belongs to.
+-- session it belongs to. Only the last 64 of a session are kept, so refreshing in a loop cannot
+-- grow the database without limit.
 CREATE TABLE IF NOT EXISTS spent_refresh_tokens (
-    hash       BLOB PRIMARY KEY,
-    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE
+    hash       BLOB    PRIMARY KEY,
+    session_id TEXT    NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    spent_at   INTEGER NOT NULL                -- unix seconds
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS spent_refresh_tokens_session_id ON spent_refresh_tokens (session_id);
+CREATE INDEX IF NOT EXISTS spent_refresh_tokens_session_id ON spent_refresh_tokens (session_id, spent_at);

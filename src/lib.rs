@@ -92,16 +92,16 @@ impl AppState {
 }
 
 impl AppState {
-    /// Housekeeping, every few minutes while the server runs: expired sessions and idle
-    /// throttle entries go.
+    /// Housekeeping, every minute while the server runs: expired sessions, sealed successors past
+    /// their grace window and idle throttle entries go.
     pub async fn maintain(self) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(300));
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
             self.throttle.purge();
             match self
                 .store
-                .purge_expired_sessions(tokens::now_seconds())
+                .purge_expired_sessions(tokens::now_seconds(), routes::users::REFRESH_GRACE_SECONDS)
                 .await
             {
                 Ok(0) => {}

@@ -367,6 +367,9 @@ struct Rotated {
     expires_at: i64,
 }
 
+/// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
+const SPENT_KEPT: i64 = 64;
+
 /// A rotation to attempt: the presented token's hash, its successor's, and the sealed successor.
 #[derive(Debug)]
 pub struct Rotation {
@@ -400,9 +403,15 @@ impl Store {
                 )?
                 .execute(params![&r.successor[..], presented, &r.sealed_successor[..], now, session_id])?;
                 tx.prepare_cached(
-                    "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![presented, session_id])?;
+                .execute(params![presented, session_id, now])?;
+                tx.prepare_cached(
+                    "DELETE FROM spent_refresh_tokens WHERE session_id = ?1 AND hash NOT IN
+                     (SELECT hash FROM spent_refresh_tokens WHERE session_id = ?1
+                      ORDER BY spent_at DESC LIMIT ?2)",
+                )?
+                .execute(params![session_id, SPENT_KEPT])?;
                 tx.commit()?;
                 return Ok(Refresh::Rotated { user_id, session_id });
             }
@@ -524,14 +533,26 @@ impl Store {
         .await
     }
 
-    /// Deletes sessions past their end (run periodically); how many went.
-    pub async fn purge_expired_sessions(&self, now: u64) -> Result<usize, ApiError> {
-        let now = to_i64(now);
+    /// Housekeeping (run every minute): deletes sessions past their end, and forgets sealed
+    /// successors whose grace window is over. How many sessions went.
+    pub async fn purge_expired_sessions(
+        &self,
+        now: u64,
+        grace_seconds: u64,
+    ) -> Result<usize, ApiError> {
+        let (now, grace) = (to_i64(now), to_i64(grace_seconds));
         self.write(move |c| {
-            Ok(
-                c.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
-                    .execute(params![now])?,
-            )
+            let tx = c.transaction()?;
+            let expired = tx
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute(params![now])?;
+            tx.prepare_cached(
+                "UPDATE sessions SET prev_successor = NULL
+                 WHERE prev_successor IS NOT NULL AND rotated_at < ?1",
+            )?
+            .execute(params![now - grace])?;
+            tx.commit()?;
+            Ok(expired)
         })
         .await
     }

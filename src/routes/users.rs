@@ -24,7 +24,7 @@ use crate::validation::{self, Rules, normalize_email, normalize_name};
 
 /// How long a just-spent refresh token still gets the live pair of its session (two tabs
 /// refreshing at once, a retry after a lost response).
-const REFRESH_GRACE_SECONDS: u64 = 10;
+pub const REFRESH_GRACE_SECONDS: u64 = 10;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "v1" / "users" / ..);

@@ -161,7 +161,7 @@ async fn bad_and_expired_refresh_tokens_are_refused() {
     let purged = app
         .state
         .store
-        .purge_expired_sessions(warp_auth_api::tokens::now_seconds())
+        .purge_expired_sessions(warp_auth_api::tokens::now_seconds(), 10)
         .await
         .unwrap();
     assert_eq!(purged, 1);
@@ -434,4 +434,42 @@ async fn a_parallel_burst_gets_no_more_guesses_than_one_by_one() {
     app.send(login_from("alice@example.com", PASSWORD, "192.0.2.1"))
         .await
         .problem(429);
+}
+
+#[tokio::test]
+async fn refreshing_in_a_loop_keeps_a_bounded_trail_and_housekeeping_forgets_sealed_tokens() {
+    let app = TestApp::new().await;
+    let (_, mut refresh) = tokens(&app.user("alice@example.com").await);
+    let mut spent = Vec::new();
+    for _ in 0..70 {
+        spent.push(refresh.clone());
+        refresh = tokens(&app.refresh(&refresh).await.json()).1;
+    }
+    let trail: i64 = app
+        .sql()
+        .query_row("SELECT count(*) FROM spent_refresh_tokens", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(trail, 64);
+    let sealed = |app: &TestApp| -> i64 {
+        app.sql()
+            .query_row(
+                "SELECT count(*) FROM sessions WHERE prev_successor IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(sealed(&app), 1);
+    app.age_rotations(11);
+    app.state
+        .store
+        .purge_expired_sessions(warp_auth_api::tokens::now_seconds(), 10)
+        .await
+        .unwrap();
+    assert_eq!(sealed(&app), 0);
+    // A recent spent token is still reuse: the session dies.
+    app.refresh(&spent[60]).await.problem(401);
+    app.refresh(&refresh).await.problem(401);
 }
