@@ -23,6 +23,8 @@ const PLACEHOLDER_SECRETS: &[&str] = &[
     "your-secret-key",
     "your_secret_key",
     "supersecret",
+    // The example key of FastAPI's own OAuth2/JWT tutorial, copied into many projects.
+    "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
 ];
 
 /// A configuration error: the variable at fault and what is wrong with it.
@@ -79,10 +81,9 @@ impl DatabaseLocation {
             rest
         } else if let Some(rest) = url.strip_prefix("sqlite:") {
             rest
-        } else if url.contains("://") {
+        } else if let Some(scheme) = scheme_of(url) {
             return Err(format!(
-                "uses an unsupported scheme (only SQLite is supported): {}",
-                url.split("://").next().unwrap_or_default()
+                "uses an unsupported scheme (only SQLite is supported): {scheme}"
             ));
         } else {
             url
@@ -93,6 +94,19 @@ impl DatabaseLocation {
         }
         Ok(Self::File(PathBuf::from(path)))
     }
+}
+
+/// The scheme of a URL-like string (`postgres://…`, `file:x.db`), if it has one. A plain path
+/// has none: what comes before its first `:` is not a scheme (a scheme has at least two
+/// characters, starts with a letter, and holds only letters, digits, `+`, `-` and `.`).
+fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.split_once(':')?;
+    let valid = scheme.len() >= 2
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then_some(scheme)
 }
 
 impl fmt::Display for DatabaseLocation {
@@ -312,6 +326,8 @@ impl Config {
             }
         };
         let rust_log = raw.rust_log.unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&rust_log)
+            .map_err(|e| bad("RUST_LOG", format!("is not a valid filter: {e}")))?;
 
         let mut cors_origins = Vec::new();
         for origin in raw.cors_origins.as_deref().unwrap_or("").split(',') {
@@ -434,6 +450,12 @@ mod tests {
         );
         assert_eq!(p("sqlite::memory:"), Ok(DatabaseLocation::Memory));
         assert!(p("postgres://localhost/db").is_err());
+        assert!(p("postgresql:x").is_err());
+        assert!(p("file:x.db").is_err());
+        assert_eq!(
+            p("./data:1.db"),
+            Ok(DatabaseLocation::File("./data:1.db".into()))
+        );
         assert!(p("sqlite://").is_err());
         assert!(p("").is_err());
     }
@@ -460,6 +482,12 @@ mod tests {
             ("LOGIN_MAX_FAILURES", "-1"),
             ("CORS_ORIGINS", "app.example.com"),
             ("JWT_ISSUER", " "),
+            ("RUST_LOG", "foo=bar=baz"),
+            ("DATABASE_URL", "file:app.db"),
+            (
+                "JWT_SECRET",
+                "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
+            ),
         ];
         for (var, value) in cases {
             let err = cfg(&[(var, value)]).expect_err(&format!("{var}={value} must be refused"));
