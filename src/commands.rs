@@ -37,7 +37,7 @@ pub async fn create_admin(
     email: &str,
     read_password: impl FnOnce() -> Result<String, String>,
 ) -> Result<AdminOutcome, String> {
-    let email = email.trim().to_lowercase();
+    let email = validation::normalized_email(email);
     validation::valid_email(&email).map_err(|e| format!("--email {}", message(&e)))?;
     let store = Store::open(&config.database)
         .await

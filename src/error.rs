@@ -1,7 +1,8 @@
 //! One error type and one mapping to `application/problem+json` (RFC 9457).
 //!
 //! Domain code returns [`ApiError`]; filters turn it into a rejection; [`recover`] turns every
-//! rejection (ours and warp's own: 404, 405, 413, 415, bad headers) into a problem response.
+//! rejection (ours, and warp's own: no route, a header it could not parse, CORS) into a problem
+//! response, and anything it does not know into a 500 whose cause is logged.
 //! Causes of server-side failures are logged with the request's span (so with its request id) and
 //! never sent: the client gets a generic detail. No variant carries a submitted password.
 
@@ -214,33 +215,16 @@ pub fn problem(status: StatusCode, detail: String, errors: Option<Vec<FieldError
 
 /// The one rejection handler: every rejection becomes a problem+json response.
 pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
-    use warp::reject::{
-        InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader,
-        PayloadTooLarge, UnsupportedMediaType,
-    };
+    use warp::reject::{InvalidHeader, MethodNotAllowed};
     if let Some(e) = err.find::<ApiError>() {
         return Ok(e.to_response());
     }
     let response = if err.is_not_found() {
         ApiError::NotFound("No resource at this path").to_response()
-    } else if err.find::<PayloadTooLarge>().is_some() {
-        ApiError::PayloadTooLarge.to_response()
-    } else if err.find::<UnsupportedMediaType>().is_some() {
-        ApiError::UnsupportedMediaType("Unsupported content type").to_response()
-    } else if err.find::<LengthRequired>().is_some() {
-        problem(
-            StatusCode::LENGTH_REQUIRED,
-            "A Content-Length is required".into(),
-            None,
-        )
     } else if let Some(e) = err.find::<InvalidHeader>() {
         ApiError::BadRequest(e.to_string()).to_response()
-    } else if let Some(e) = err.find::<MissingHeader>() {
-        ApiError::BadRequest(e.to_string()).to_response()
     } else if err.find::<warp::filters::cors::CorsForbidden>().is_some() {
-        ApiError::Forbidden("This origin is not allowed (CORS_ORIGINS)").to_response()
-    } else if err.find::<InvalidQuery>().is_some() {
-        ApiError::BadRequest("Invalid query string".into()).to_response()
+        ApiError::Forbidden("This request is not allowed by CORS (CORS_ORIGINS)").to_response()
     } else if err.find::<MethodNotAllowed>().is_some() {
         // Every path has its own method fallback with an `Allow` list (see `filters::allow`), so
         // this is only reached by a route that forgot one.
@@ -250,6 +234,8 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
             None,
         )
     } else {
+        // Bodies, lengths and queries are read by our own filters, which answer in ApiError;
+        // a warp rejection of another kind is a bug.
         ApiError::Internal(format!("unhandled rejection: {err:?}")).to_response()
     };
     Ok(response)

@@ -285,7 +285,7 @@ impl FromStr for RequestId {
 
 impl RequestId {
     fn generate() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let id = crate::tokens::random_id();
         // 32 hex digits are always a valid header value.
         RequestId(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }

@@ -24,6 +24,15 @@ use crate::error::ApiError;
 /// bcrypt reads at most 72 bytes; a longer password would be silently truncated, so it is refused.
 pub const MAX_PASSWORD_BYTES: usize = 72;
 
+/// What is said of a password over [`MAX_PASSWORD_BYTES`].
+pub const TOO_LONG: &str =
+    "must be at most 72 bytes (bcrypt's limit); multi-byte characters count more than once";
+
+/// Whether bcrypt would have to truncate this password.
+pub fn too_long(password: &str) -> bool {
+    password.len() > MAX_PASSWORD_BYTES
+}
+
 static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
     include_str!("../assets/common-passwords.txt")
         .lines()
@@ -33,10 +42,8 @@ static COMMON_PASSWORDS: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 
 /// Checks a new password against the registration rules; the message never contains the password.
 pub fn check_new_password(password: &str, min_chars: usize) -> Result<(), String> {
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit); multi-byte characters count more than once"
-        ));
+    if too_long(password) {
+        return Err(TOO_LONG.to_owned());
     }
     if password.chars().count() < min_chars {
         return Err(format!("must be at least {min_chars} characters"));
@@ -201,7 +208,7 @@ fn run(job: Job, cost: u32) {
     // refuse a password of exactly 72 bytes, which loses nothing, hence the check by hand.)
     match job {
         Job::Hash { password, reply } => {
-            let result = if password.len() > MAX_PASSWORD_BYTES {
+            let result = if too_long(&password) {
                 Err(bcrypt::BcryptError::Truncation(password.len()))
             } else {
                 bcrypt::hash(password, cost)
@@ -214,7 +221,7 @@ fn run(job: Job, cost: u32) {
             reply,
         } => {
             let started = Instant::now();
-            let result = if password.len() > MAX_PASSWORD_BYTES {
+            let result = if too_long(&password) {
                 Err(bcrypt::BcryptError::Truncation(password.len()))
             } else {
                 bcrypt::verify(password, &hash)

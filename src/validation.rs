@@ -19,8 +19,18 @@ pub struct Rules {
 }
 
 /// Emails are trimmed and lower-cased before validation, storage and comparison.
+pub fn normalized_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// [`normalized_email`] for serde's `deserialize_with`.
 pub fn normalize_email<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(String::deserialize(d)?.trim().to_lowercase())
+    Ok(normalized_email(&String::deserialize(d)?))
+}
+
+/// The field a serde "missing field `x`" message names.
+pub fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 /// Names are trimmed; an empty one becomes null.
@@ -74,11 +84,8 @@ pub fn presented_password(password: &str) -> Result<(), ValidationError> {
     if password.is_empty() {
         return Err(ValidationError::new("required").with_message("must not be empty".into()));
     }
-    if password.len() > password::MAX_PASSWORD_BYTES {
-        return Err(ValidationError::new("too_long").with_message(
-            "must be at most 72 bytes (bcrypt's limit); multi-byte characters count more than once"
-                .into(),
-        ));
+    if password::too_long(password) {
+        return Err(ValidationError::new("too_long").with_message(password::TOO_LONG.into()));
     }
     Ok(())
 }
@@ -132,8 +139,7 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>, body: &[u8]) -
     let message = message
         .rsplit_once(" at line ")
         .map_or(message.as_str(), |(m, _)| m);
-    if let Some(rest) = message.strip_prefix("missing field `") {
-        let name = rest.split('`').next().unwrap_or_default();
+    if let Some(name) = missing_field(message) {
         let field = if path == "." {
             name.to_owned()
         } else {

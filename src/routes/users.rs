@@ -232,17 +232,15 @@ fn login_body(
 
 fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
     let form: LoginForm = serde_urlencoded::from_bytes(body).map_err(|e| {
-        let message = e.to_string();
-        match message.strip_prefix("missing field `") {
-            Some(rest) => ApiError::Validation(vec![crate::error::FieldError::new(
-                rest.split('`').next().unwrap_or_default(),
-                "is required",
-            )]),
+        match validation::missing_field(&e.to_string()) {
+            Some(field) => {
+                ApiError::Validation(vec![crate::error::FieldError::new(field, "is required")])
+            }
             None => ApiError::BadRequest("Malformed form body".into()),
         }
     })?;
     let login = LoginIn {
-        email: form.username.trim().to_lowercase(),
+        email: validation::normalized_email(&form.username),
         password: form.password,
     };
     validation::validate(&login, rules).map_err(|e| match e {

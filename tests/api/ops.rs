@@ -32,9 +32,14 @@ async fn ready_answers_when_the_database_does_and_503_when_it_does_not() {
 async fn the_database_file_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let app = TestApp::new().await;
-    app.register("alice@example.com", crate::helpers::PASSWORD).await.assert_status(201);
+    app.register("alice@example.com", crate::helpers::PASSWORD)
+        .await
+        .assert_status(201);
     for name in ["app.db", "app.db-wal"] {
-        let mode = std::fs::metadata(app.dir.path().join(name)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(app.dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
     }
 }
