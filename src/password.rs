@@ -294,6 +294,16 @@ mod tests {
         assert!(hasher.hash(format!("{at_limit}x")).await.is_err());
     }
 
+    /// The nice value in a /proc `stat` line: field 19, the 17th after the ")" closing the name.
+    #[cfg(target_os = "linux")]
+    fn nice_of(stat: &str) -> i32 {
+        stat.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(16))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(i32::MIN)
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn the_hashing_threads_run_at_a_lower_priority() {
@@ -304,17 +314,7 @@ mod tests {
         for task in std::fs::read_dir("/proc/self/task").unwrap() {
             let path = task.unwrap().path();
             let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-            // Field 19 of stat is the nice value; fields after the ")" of the name start at 3.
-            let nice: i32 = stat
-                .rsplit(')')
-                .next()
-                .unwrap()
-                .split_whitespace()
-                .nth(16)
-                .unwrap()
-                .parse()
-                .unwrap();
+            let nice = nice_of(&std::fs::read_to_string(path.join("stat")).unwrap_or_default());
             if name.trim().starts_with("bcrypt-") {
                 assert_eq!(nice, NICE, "{name}");
                 niced += 1;
@@ -322,17 +322,10 @@ mod tests {
         }
         assert!(niced >= 2);
         // The calling thread keeps its priority.
-        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let own_nice: i32 = own
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(16)
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(own_nice, 0);
+        assert_eq!(
+            nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()),
+            0
+        );
         drop(hasher);
     }
 

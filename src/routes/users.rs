@@ -1,4 +1,4 @@
-//! `/api/v1/users`: registration, login and the caller's own account.
+//! `/api/v1/users`: registration, login, sessions (refresh, logout) and the caller's own account.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
