@@ -204,7 +204,10 @@ fn finish(ctx: filters::RequestContext, mut response: Response) -> Response {
     let status = response.status().as_u16();
     // Whole microseconds, so the figure prints short.
     let latency_ms = ctx.start.elapsed().as_micros() as f64 / 1000.0;
-    if status >= 500 {
+    if status == 503 {
+        // Overload or a busy database: a condition to watch, not a fault (the cause is logged).
+        tracing::warn!(status, latency_ms, "request finished");
+    } else if status >= 500 {
         tracing::error!(status, latency_ms, "request finished");
     } else {
         tracing::info!(status, latency_ms, "request finished");
