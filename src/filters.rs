@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use validator::ValidateArgs;
-use warp::http::{HeaderValue, Method};
+use warp::http::{HeaderMap, HeaderValue, Method, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -298,6 +298,16 @@ impl RequestId {
             .unwrap_or_else(RequestId::generate)
             .0
     }
+}
+
+/// The headers every response carries: its request id, and `nosniff`. Used by the app for
+/// every response it makes, and by the server for the few it makes itself (431, a panic).
+pub fn stamp(headers: &mut HeaderMap, request_id: HeaderValue) {
+    headers.insert("x-request-id", request_id);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 /// The request's id (recorded into the request span) and its start time.

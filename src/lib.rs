@@ -21,7 +21,7 @@ pub mod validation;
 use std::sync::Arc;
 
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, Method, header};
+use warp::http::{Method, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
@@ -195,12 +195,7 @@ fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
 
 /// Headers every response carries, and the one access-log line per request.
 fn finish(ctx: filters::RequestContext, mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("x-request-id", ctx.id);
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    filters::stamp(response.headers_mut(), ctx.id);
     let status = response.status().as_u16();
     // Whole microseconds, so the figure prints short.
     let latency_ms = ctx.start.elapsed().as_micros() as f64 / 1000.0;

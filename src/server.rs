@@ -28,7 +28,7 @@ use warp::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
 
 use crate::error::problem;
-use crate::filters::{ClientAddr, RequestId};
+use crate::filters::{ClientAddr, RequestId, stamp};
 
 /// Longest wait for in-flight requests after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -134,11 +134,7 @@ fn header_fields_too_large(request_id: Option<HeaderValue>) -> Response {
         None,
     );
     let headers = response.headers_mut();
-    headers.insert("x-request-id", RequestId::for_header(request_id.as_ref()));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    stamp(headers, RequestId::for_header(request_id.as_ref()));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
@@ -157,12 +153,7 @@ fn panic_response(request_id: Option<HeaderValue>, panic: Box<dyn Any + Send>) -
         "Internal server error".into(),
         None,
     );
-    let headers = response.headers_mut();
-    headers.insert("x-request-id", request_id);
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    stamp(response.headers_mut(), request_id);
     response
 }
 
