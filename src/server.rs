@@ -3,16 +3,19 @@
 //! warp's own `serve` offers none of the limits the contract needs, so connections are served
 //! with hyper directly: at most 100 request headers and 16 KiB of headers (a problem+json 431
 //! beyond; hyper itself answers a bare 431 past 200 headers or a 64 KiB head), a 10-second
-//! deadline for a request head to arrive, at most 4096 connections at once, the client address
+//! deadline for a request head to arrive (an idle connection, a first request included, is closed
+//! after it), at most 4096 connections at once and 128 per client address, the client address
 //! for the handlers, and a panic in a handler answered with a problem+json 500 instead of a
 //! dropped connection.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use hyper::body::Incoming;
@@ -37,6 +40,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Connections served at once; more wait in the listen queue.
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections one client address may hold at once; past that its new ones are closed at once,
+/// so that one client cannot take the slots every other client needs.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
 pub async fn serve(
@@ -53,6 +59,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(PerClient::new(MAX_CONNECTIONS_PER_CLIENT));
 
     loop {
         let slot = tokio::select! {
@@ -73,6 +80,11 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(client_slot) = clients.admit(peer.ip()) else {
+            // Over its share: closed at once (dropping the stream), which frees the global slot.
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let warp_service = warp::service(app.clone());
@@ -99,6 +111,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(client_slot);
             drop(slot);
         });
     }
@@ -111,6 +124,75 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
     }
+}
+
+/// The connections each client address holds (IPv6 by its /64, as the login throttle counts).
+struct PerClient {
+    limit: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+    /// When a refusal was last logged, so that a flood logs a line a second, not one a refusal.
+    last_logged: Mutex<Option<Instant>>,
+}
+
+impl PerClient {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            held: Mutex::new(HashMap::new()),
+            last_logged: Mutex::new(None),
+        }
+    }
+
+    /// A slot for one more connection of `addr`, or `None` when it holds its share already.
+    fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<ClientSlot> {
+        let key = crate::throttle::address_key(addr);
+        {
+            let mut held = lock(&self.held);
+            let count = held.entry(key).or_insert(0);
+            if *count < self.limit {
+                *count += 1;
+                return Some(ClientSlot {
+                    clients: self.clone(),
+                    key,
+                });
+            }
+        }
+        let mut last = lock(&self.last_logged);
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                client = %addr,
+                limit = self.limit,
+                "connection refused: this client holds its share of connections already"
+            );
+        }
+        None
+    }
+}
+
+/// One connection of a client; dropping it gives the slot back.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = lock(&self.clients.held);
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The counts hold no invariant a panic could break halfway: a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether the request's headers are over the contract's limits.

@@ -179,7 +179,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
 /// The address a client is throttled by: IPv4 as is, IPv6 by its /64 (one host usually holds a
 /// whole /64, so per-address limits would otherwise be trivial to dodge).
-fn address_key(addr: IpAddr) -> IpAddr {
+pub fn address_key(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
