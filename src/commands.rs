@@ -28,13 +28,23 @@ impl std::fmt::Display for AdminOutcome {
     }
 }
 
-/// Makes `email` an admin: promotes an existing user (keeping its password), or creates one
-/// with the password `read_password` gives, checked by the registration rules. The password is
-/// read only when a user is created. Safe while a server runs on the same database (SQLite's
-/// locking, with the store's busy timeout).
+/// Whether `create-admin` may make an account that already exists an admin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refuse: whoever registered the email first is not necessarily the operator.
+    Refuse,
+    /// `--promote-existing`: promote it, keep its password, read none.
+    Promote,
+}
+
+/// Makes `email` an admin. Creates the user with the password `read_password` gives (checked by
+/// the registration rules); an email that already has an account is refused unless `existing`
+/// is [`Existing::Promote`], which promotes it and never reads a password. Safe while a server
+/// runs on the same database (SQLite's locking, with the store's busy timeout).
 pub async fn create_admin(
     config: &Config,
     email: &str,
+    existing: Existing,
     read_password: impl FnOnce() -> Result<String, String>,
 ) -> Result<AdminOutcome, String> {
     let email = validation::normalized_email(email);
@@ -42,55 +52,60 @@ pub async fn create_admin(
     let store = Store::open(&config.database)
         .await
         .map_err(|e| format!("DATABASE_URL: {e}"))?;
-    let result = make_admin(config, &store, email, read_password).await;
+    let result = make_admin(config, &store, email, existing, read_password).await;
     let _ = store.close().await;
     result
+}
+
+/// What is said when the email already has an account and promoting was not asked for.
+fn account_exists(email: &str) -> String {
+    format!(
+        "{email} already has an account, which someone else may have registered; nothing was \
+         changed. To make that account an admin (its password stays as it is), run again with \
+         --promote-existing"
+    )
 }
 
 async fn make_admin(
     config: &Config,
     store: &Store,
     email: String,
+    existing: Existing,
     read_password: impl FnOnce() -> Result<String, String>,
 ) -> Result<AdminOutcome, String> {
-    if let Some(user) = store
+    let found = store
         .find_user_by_email(email.clone())
         .await
-        .map_err(|e| e.to_string())?
-    {
-        if user.role == Role::Admin {
-            return Ok(AdminOutcome::AlreadyAdmin { id: user.id, email });
+        .map_err(|e| e.to_string())?;
+    match (found, existing) {
+        (Some(_), Existing::Refuse) => Err(account_exists(&email)),
+        (Some(user), Existing::Promote) if user.role == Role::Admin => {
+            Ok(AdminOutcome::AlreadyAdmin { id: user.id, email })
         }
-        let user = store
-            .set_role(user.id, Role::Admin)
-            .await
-            .map_err(|e| e.to_string())?;
-        return Ok(AdminOutcome::Promoted { id: user.id, email });
-    }
-    let password = read_password()?;
-    password::check_new_password(&password, config.password_min_length)
-        .map_err(|why| format!("the password {why}"))?;
-    let hasher = PasswordHasher::new(config.bcrypt_cost, 1, 1).map_err(|e| e.to_string())?;
-    let hash = hasher.hash(password).await.map_err(|e| e.to_string())?;
-    match store
-        .create_user(email.clone(), None, hash, Role::Admin)
-        .await
-    {
-        Ok(user) => Ok(AdminOutcome::Created { id: user.id, email }),
-        // Registered between the check and now: promote it instead.
-        Err(crate::error::ApiError::EmailTaken) => {
-            let user = store
-                .find_user_by_email(email.clone())
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("the user vanished while being created")?;
-            let user = store
-                .set_role(user.id, Role::Admin)
-                .await
-                .map_err(|e| e.to_string())?;
+        (Some(user), Existing::Promote) => {
+            let user = store.promote(user.id).await.map_err(|e| e.to_string())?;
             Ok(AdminOutcome::Promoted { id: user.id, email })
         }
-        Err(e) => Err(e.to_string()),
+        (None, Existing::Promote) => Err(format!(
+            "{email} has no account to promote; without --promote-existing a new admin is created"
+        )),
+        (None, Existing::Refuse) => {
+            let password = read_password()?;
+            password::check_new_password(&password, config.password_min_length)
+                .map_err(|why| format!("the password {why}"))?;
+            let hasher =
+                PasswordHasher::new(config.bcrypt_cost, 1, 1).map_err(|e| e.to_string())?;
+            let hash = hasher.hash(password).await.map_err(|e| e.to_string())?;
+            match store
+                .create_user(email.clone(), None, hash, Role::Admin)
+                .await
+            {
+                Ok(user) => Ok(AdminOutcome::Created { id: user.id, email }),
+                // Registered by someone between the check and now: refused all the same.
+                Err(crate::error::ApiError::EmailTaken) => Err(account_exists(&email)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
     }
 }
 

@@ -21,12 +21,17 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (what the bare command does).
     Serve,
-    /// Make a user an admin (creating it if needed). The password comes from ADMIN_PASSWORD, or
-    /// else from standard input; it is never an argument. An existing user keeps its password.
+    /// Create an admin. The password comes from ADMIN_PASSWORD, or else from standard input; it
+    /// is never an argument. An email that already has an account is refused (exit 1) unless
+    /// --promote-existing is given.
     CreateAdmin {
         /// The admin's email address.
         #[arg(long)]
         email: String,
+        /// Make the existing account with this email an admin instead; reads no password and
+        /// leaves the account's password as it is.
+        #[arg(long)]
+        promote_existing: bool,
     },
     /// Print the OpenAPI document generated from the code (the committed openapi.json is this).
     Openapi,
@@ -61,9 +66,24 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Healthcheck => runtime.block_on(healthcheck(&config)),
         Command::Openapi => Ok(()),
-        Command::CreateAdmin { email } => runtime
-            .block_on(commands::create_admin(&config, &email, read_admin_password))
-            .map(|outcome| println!("{outcome}")),
+        Command::CreateAdmin {
+            email,
+            promote_existing,
+        } => {
+            let existing = if promote_existing {
+                commands::Existing::Promote
+            } else {
+                commands::Existing::Refuse
+            };
+            runtime
+                .block_on(commands::create_admin(
+                    &config,
+                    &email,
+                    existing,
+                    read_admin_password,
+                ))
+                .map(|outcome| println!("{outcome}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,12 +137,11 @@ impl Server {
     /// SIGTERM, then the exit status and how long the exit took.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let started = Instant::now();
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok);
+        // The signal straight from libc: a minimal machine has no `kill` program (procps).
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: kill(2) only sends a signal to our own child process; no memory is shared.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status, started.elapsed());
@@ -562,15 +561,26 @@ fn healthcheck_exits_0_while_the_server_is_ready_and_1_after() {
     assert!(!out.stderr.is_empty());
 }
 
-fn create_admin(
+pub fn create_admin(
     dir: &Path,
     email: &str,
     env_password: Option<&str>,
     stdin: Option<&str>,
 ) -> std::process::Output {
+    create_admin_with(dir, &["--email", email], env_password, stdin)
+}
+
+/// `create-admin` with these arguments, beside the database in `dir`.
+pub fn create_admin_with(
+    dir: &Path,
+    args: &[&str],
+    env_password: Option<&str>,
+    stdin: Option<&str>,
+) -> std::process::Output {
     let mut command = Command::new(BIN);
     command
-        .args(["create-admin", "--email", email])
+        .arg("create-admin")
+        .args(args)
         .current_dir(dir)
         .env("DATABASE_URL", dir.join("app.db").display().to_string())
         .env("BCRYPT_COST", "4")
@@ -591,7 +601,7 @@ fn create_admin(
     child.wait_with_output().unwrap()
 }
 
-fn text(out: &std::process::Output) -> String {
+pub fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -650,7 +660,7 @@ fn create_admin_works_beside_a_running_server() {
         )
         .expect(200);
 
-    // An existing member is promoted and keeps its password.
+    // An existing member (a squatter, maybe) is refused: exit 1, nothing changes.
     server
         .json(
             "POST",
@@ -662,6 +672,47 @@ fn create_admin_works_beside_a_running_server() {
     let out = create_admin(
         dir.path(),
         "bob@example.com",
+        Some("Operator-Password-1"),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("already has an account"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("--promote-existing"), "{}", text(&out));
+    for password in ["Operator-Password-1", PASSWORD] {
+        let token = server
+            .json(
+                "POST",
+                "/api/v1/users/login",
+                &json!({"email": "bob@example.com", "password": password}),
+                &[],
+            )
+            .json();
+        if let Some(access) = token["access_token"].as_str() {
+            let me = server
+                .request(
+                    "GET",
+                    "/api/v1/users/me",
+                    &[("Authorization", &format!("Bearer {access}"))],
+                    None,
+                )
+                .expect(200);
+            assert_eq!(me["role"], "member", "a refused create-admin promoted");
+        } else {
+            assert_eq!(password, "Operator-Password-1", "{token}");
+        }
+    }
+    // An admin's email is refused the same way.
+    let out = create_admin(dir.path(), "root@example.com", Some(admin_password), None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+
+    // --promote-existing promotes it, reads no password and keeps the user's own.
+    let out = create_admin_with(
+        dir.path(),
+        &["--email", "bob@example.com", "--promote-existing"],
         Some("Ignored-Password-1"),
         None,
     );
@@ -684,14 +735,6 @@ fn create_admin_works_beside_a_running_server() {
         )
         .expect(200);
     let bearer = format!("Bearer {}", bob["access_token"].as_str().unwrap());
-    server
-        .request(
-            "GET",
-            "/api/v1/users/me",
-            &[("Authorization", &bearer)],
-            None,
-        )
-        .expect(200);
     let me = server
         .request(
             "GET",
@@ -699,12 +742,18 @@ fn create_admin_works_beside_a_running_server() {
             &[("Authorization", &bearer)],
             None,
         )
-        .json();
+        .expect(200);
     assert_eq!(me["role"], "admin");
     // Again: nothing to do, still success.
-    let out = create_admin(dir.path(), "bob@example.com", None, None);
+    let args = ["--email", "bob@example.com", "--promote-existing"];
+    let out = create_admin_with(dir.path(), &args, None, None);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("already an admin"));
+    // Nothing to promote: refused, nothing created.
+    let args = ["--email", "nobody@example.com", "--promote-existing"];
+    let out = create_admin_with(dir.path(), &args, Some("Some-Password-9"), None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no account"), "{}", text(&out));
 }
 
 #[test]
