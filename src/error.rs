@@ -99,6 +99,10 @@ pub enum ApiError {
     /// The database is locked, full or failing: a passing condition, so 503 with `Retry-After`.
     #[error("The database is temporarily unavailable; try again shortly")]
     Unavailable(String),
+    /// The database file is damaged: requests that touch it get 503 until an operator restores
+    /// it (logged as an error, unlike a passing [`ApiError::Unavailable`]).
+    #[error("The database is temporarily unavailable; try again shortly")]
+    Corrupt(String),
     /// Anything unexpected. The cause is logged, never sent.
     #[error("Internal server error")]
     Internal(String),
@@ -118,6 +122,9 @@ impl From<rusqlite::Error> for ApiError {
                 | ErrorCode::CannotOpen
                 | ErrorCode::OutOfMemory,
             ) => ApiError::Unavailable(err.to_string()),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                ApiError::Corrupt(err.to_string())
+            }
             _ => ApiError::Internal(format!("database: {err}")),
         }
     }
@@ -148,7 +155,9 @@ impl ApiError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -158,6 +167,9 @@ impl ApiError {
         match self {
             Self::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
             Self::Unavailable(cause) => tracing::warn!(cause = %cause, "database unavailable"),
+            Self::Corrupt(cause) => {
+                tracing::error!(cause = %cause, "the database is damaged; restore it from a backup")
+            }
             Self::Overloaded => tracing::warn!("password hashing queue full"),
             _ => {}
         }
@@ -186,7 +198,7 @@ impl ApiError {
             Self::TooManyAttempts { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
-            Self::Overloaded | Self::Unavailable(_) => {
+            Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -246,6 +246,12 @@ pub fn with_admin(
     })
 }
 
+/// GET, and HEAD on the same route (uptime monitors send it): the app answers a HEAD with the
+/// GET's status and headers and no body (see `crate::app`).
+pub fn get() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
+}
+
 /// The last branch of every path: a method the path does not serve gets 405 with `Allow`
 /// (`allowed` is that header's value, e.g. `"GET, PATCH"`); a method it does serve falls through
 /// with a not-found rejection, so the error of the branch that ran (401, 400, …) is the answer.
@@ -310,23 +316,55 @@ pub fn stamp(headers: &mut HeaderMap, request_id: HeaderValue) {
     );
 }
 
-/// The request's id (recorded into the request span) and its start time.
+/// The request's id (recorded into the request span), whether it is a HEAD, and its start time.
+/// Dropped before the
+/// app's [`finish`](crate::app) took it, it logs the request as abandoned: a client that hangs up
+/// before its answer still leaves an access-log line.
 pub struct RequestContext {
     pub id: HeaderValue,
+    pub head: bool,
     pub start: Instant,
+    answered: bool,
+}
+
+impl RequestContext {
+    /// The request was answered; its access-log line is the caller's to write.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// Milliseconds since the request came in, to the microsecond.
+    pub fn latency_ms(&self) -> f64 {
+        self.start.elapsed().as_micros() as f64 / 1000.0
+    }
+}
+
+impl Drop for RequestContext {
+    fn drop(&mut self) {
+        if !self.answered {
+            // Dropped inside the request span: the line carries the method, path and id.
+            tracing::info!(
+                latency_ms = self.latency_ms(),
+                "request abandoned: the client closed the connection before the answer"
+            );
+        }
+    }
 }
 
 pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Rejection> + Clone {
     warp::header::optional::<RequestId>("x-request-id")
         .or_else(|_| async { Ok::<_, Rejection>((None,)) })
-        .map(|id: Option<RequestId>| {
+        .and(warp::method())
+        .map(|id: Option<RequestId>, method: Method| {
             let id = id.unwrap_or_else(RequestId::generate).0;
             if let Ok(text) = id.to_str() {
                 tracing::Span::current().record("request_id", text);
             }
             RequestContext {
                 id,
+                head: method == Method::HEAD,
                 start: Instant::now(),
+                answered: false,
             }
         })
 }

@@ -193,12 +193,28 @@ fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
     )
 }
 
+/// A HEAD's answer: the GET's status and headers, with the length the body would have had.
+fn without_body(response: &mut Response) {
+    use hyper::body::Body as _;
+    let length = response.body().size_hint().exact();
+    *response.body_mut() = Default::default();
+    if let Some(length) = length {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    }
+}
+
 /// Headers every response carries, and the one access-log line per request.
-fn finish(ctx: filters::RequestContext, mut response: Response) -> Response {
-    filters::stamp(response.headers_mut(), ctx.id);
+fn finish(mut ctx: filters::RequestContext, mut response: Response) -> Response {
+    ctx.answered();
+    filters::stamp(response.headers_mut(), ctx.id.clone());
+    if ctx.head {
+        without_body(&mut response);
+    }
     let status = response.status().as_u16();
     // Whole microseconds, so the figure prints short.
-    let latency_ms = ctx.start.elapsed().as_micros() as f64 / 1000.0;
+    let latency_ms = ctx.latency_ms();
     if status == 503 {
         // Overload or a busy database: a condition to watch, not a fault (the cause is logged).
         tracing::warn!(status, latency_ms, "request finished");

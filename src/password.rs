@@ -95,6 +95,25 @@ impl RecentTimes {
     }
 }
 
+/// What [`PasswordHasher::verify`] found. A failure must be answered only after [`Verdict::pad`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Verdict {
+    /// Whether the password matched the stored hash.
+    pub valid: bool,
+    padding: Duration,
+}
+
+impl Verdict {
+    /// Waits until a failed verify has lasted as long as the slowest recent one (a success
+    /// returns at once).
+    pub async fn pad(self) {
+        if !self.padding.is_zero() {
+            tokio::time::sleep(self.padding).await;
+        }
+    }
+}
+
 impl PasswordHasher {
     /// Starts `workers` threads with a queue of `queue` waiting jobs.
     pub fn new(cost: u32, workers: usize, queue: usize) -> Result<Self, ApiError> {
@@ -142,11 +161,16 @@ impl PasswordHasher {
     /// Verifies `password` against `hash`, or against a dummy hash when there is none, so that an
     /// unknown email costs the same time as a wrong password. A malformed stored hash is an error.
     ///
-    /// A failed verify also lasts at least as long as the slowest of the recent verifies: after a
-    /// change of `BCRYPT_COST`, hashes of the old cost stay until their users log in again, and
-    /// without this an unknown email (checked at the new cost) would answer faster or slower than
-    /// a known one.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
+    /// A failed verify must also last at least as long as the slowest of the recent verifies:
+    /// after a change of `BCRYPT_COST`, hashes of the old cost stay until their users log in
+    /// again, and without this an unknown email (checked at the new cost) would answer faster or
+    /// slower than a known one. The verdict comes at once; [`Verdict::pad`] waits out the rest, so
+    /// a caller can count a failure before that wait, which a client could cut short by hanging up.
+    pub async fn verify(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<Verdict, ApiError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
         let (reply, answer) = oneshot::channel();
@@ -159,16 +183,18 @@ impl PasswordHasher {
             .await
             .map_err(|_| ApiError::Internal("hashing thread ended".into()))?;
         let slowest = self.recent.record(took);
-        let ok = match result {
+        let valid = match result {
             Ok(ok) => ok && known,
             // A password over 72 bytes: no stored hash can match it.
             Err(bcrypt::BcryptError::Truncation(_)) => false,
             Err(e) => return Err(ApiError::Internal(format!("bcrypt: {e}"))),
         };
-        if !ok && slowest > took {
-            tokio::time::sleep(slowest - took).await;
-        }
-        Ok(ok)
+        let padding = if valid {
+            Duration::ZERO
+        } else {
+            slowest.saturating_sub(took)
+        };
+        Ok(Verdict { valid, padding })
     }
 
     /// Whether a stored hash was made with another cost than the configured one.
@@ -256,42 +282,51 @@ mod tests {
         assert!(COMMON_PASSWORDS.contains("iloveyou"));
     }
 
+    /// A verify with its padding waited out, as a login answers: whether it matched.
+    async fn check(
+        hasher: &PasswordHasher,
+        password: impl Into<String>,
+        hash: Option<String>,
+    ) -> bool {
+        let verdict = hasher.verify(password.into(), hash).await.unwrap();
+        verdict.pad().await;
+        verdict.valid
+    }
+
     #[tokio::test]
     async fn hash_and_verify_on_the_pool() {
         let hasher = PasswordHasher::new(4, 2, 8).unwrap();
         let hash = hasher.hash("MyStrongPass123".into()).await.unwrap();
         assert!(hash.starts_with("$2b$04$"));
-        assert!(
-            hasher
-                .verify("MyStrongPass123".into(), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify("wrong password".into(), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(!hasher.verify("MyStrongPass123".into(), None).await.unwrap());
+        assert!(check(&hasher, "MyStrongPass123", Some(hash.clone())).await);
+        assert!(!check(&hasher, "wrong password", Some(hash.clone())).await);
+        assert!(!check(&hasher, "MyStrongPass123", None).await);
         assert!(!hasher.needs_rehash(&hash));
         assert!(PasswordHasher::new(5, 1, 1).unwrap().needs_rehash(&hash));
         // 72 bytes are all used; 73 are refused rather than truncated.
         let at_limit = "€".repeat(24);
         let hash = hasher.hash(at_limit.clone()).await.unwrap();
-        assert!(
-            hasher
-                .verify(at_limit.clone(), Some(hash.clone()))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify(format!("{at_limit}x"), Some(hash))
-                .await
-                .unwrap()
-        );
+        assert!(check(&hasher, at_limit.clone(), Some(hash.clone())).await);
+        assert!(!check(&hasher, format!("{at_limit}x"), Some(hash)).await);
         assert!(hasher.hash(format!("{at_limit}x")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_verdict_comes_before_the_padding() {
+        let hasher = PasswordHasher::new(4, 1, 8).unwrap();
+        let old = bcrypt::hash("MyStrongPass123", 9).unwrap();
+        assert!(check(&hasher, "MyStrongPass123", Some(old)).await);
+        // A failure is known at once; only its answer waits for the padding.
+        let t = Instant::now();
+        let verdict = hasher.verify("wrong".into(), None).await.unwrap();
+        let known_after = t.elapsed();
+        assert!(!verdict.valid);
+        verdict.pad().await;
+        assert!(
+            known_after * 4 < t.elapsed(),
+            "verdict after {known_after:?}, answer after {:?}",
+            t.elapsed()
+        );
     }
 
     /// The nice value in a /proc `stat` line: field 19, the 17th after the ")" closing the name.
@@ -335,16 +370,11 @@ mod tests {
         // A user whose hash is of an older, higher cost logs in: that verify is slow.
         let old = bcrypt::hash("MyStrongPass123", 9).unwrap();
         let t = Instant::now();
-        assert!(
-            hasher
-                .verify("MyStrongPass123".into(), Some(old))
-                .await
-                .unwrap()
-        );
+        assert!(check(&hasher, "MyStrongPass123", Some(old)).await);
         let slow = t.elapsed();
         // An unknown email is checked against the dummy hash (cost 4), yet takes as long.
         let t = Instant::now();
-        assert!(!hasher.verify("MyStrongPass123".into(), None).await.unwrap());
+        assert!(!check(&hasher, "MyStrongPass123", None).await);
         let unknown = t.elapsed();
         assert!(
             unknown * 10 >= slow * 9,
@@ -353,12 +383,7 @@ mod tests {
         // A success is not padded.
         let fast = hasher.hash("An0ther-Strong-Pass".into()).await.unwrap();
         let t = Instant::now();
-        assert!(
-            hasher
-                .verify("An0ther-Strong-Pass".into(), Some(fast))
-                .await
-                .unwrap()
-        );
+        assert!(check(&hasher, "An0ther-Strong-Pass", Some(fast)).await);
         assert!(t.elapsed() * 2 < slow, "{:?} vs {slow:?}", t.elapsed());
     }
 

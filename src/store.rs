@@ -94,6 +94,9 @@ pub struct NewSession<'a> {
     pub id: &'a str,
     pub user_id: i64,
     pub refresh_hash: &'a [u8; 32],
+    /// The password hash the login verified: the session is made only while it is still the
+    /// user's.
+    pub password_hash: String,
     pub now: u64,
     pub expires_at: u64,
 }
@@ -149,6 +152,11 @@ impl Store {
             DatabaseLocation::File(path) => {
                 create_private(path).map_err(|e| {
                     OpenError(format!("cannot create the database at {location}: {e}"))
+                })?;
+                make_private(path).map_err(|e| {
+                    OpenError(format!(
+                        "cannot make the database at {location} private to its owner: {e}"
+                    ))
                 })?;
                 let writer = Connection::open(path).await.map_err(cannot_open)?;
                 writer
@@ -210,10 +218,19 @@ impl Store {
             .map_err(|e| ApiError::Internal(format!("closing the database: {e}")))
     }
 
-    /// Answers when the database does (readiness).
+    /// Answers when the database does (readiness): a read of each table's first rows, through
+    /// the index the login uses, so that a damaged file fails here as it fails for requests
+    /// (reading only the schema would not notice). Cheap: a few pages, whatever the size.
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.read(|c| {
-            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            c.prepare_cached(
+                "SELECT (SELECT max(id) FROM users),
+                        (SELECT email FROM users ORDER BY email LIMIT 1),
+                        (SELECT max(expires_at) FROM sessions),
+                        (SELECT count(*) FROM (SELECT 1 FROM sessions LIMIT 1)),
+                        (SELECT count(*) FROM (SELECT 1 FROM spent_refresh_tokens LIMIT 1))",
+            )?
+            .query_row([], |_| Ok(()))?;
             Ok(())
         })
         .await
@@ -279,28 +296,33 @@ impl Store {
     }
 
     /// Replaces a hash made with another cost (after a good login), leaving sessions alone.
+    /// `false` when the stored hash is no longer `old` (the password changed meanwhile).
     pub async fn rehash_password(
         &self,
         user_id: i64,
         old: String,
         new: String,
-    ) -> Result<(), ApiError> {
+    ) -> Result<bool, ApiError> {
         self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3",
-            )?
-            .execute(params![new, user_id, old])?;
-            Ok(())
+            let changed = c
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND password_hash = ?3",
+                )?
+                .execute(params![new, user_id, old])?;
+            Ok(changed == 1)
         })
         .await
     }
 
-    /// Creates a session for a user that still exists.
+    /// Creates a session for a user that still exists and still has the password hash the login
+    /// verified, in one statement: a password change (or the user's deletion) that committed
+    /// after the check and before this leaves the login without a session.
     pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), ApiError> {
-        let (id, user_id, hash, now, expires_at) = (
+        let (id, user_id, hash, password_hash, now, expires_at) = (
             s.id.to_owned(),
             s.user_id,
             s.refresh_hash.to_vec(),
+            s.password_hash,
             to_i64(s.now),
             to_i64(s.expires_at),
         );
@@ -308,11 +330,11 @@ impl Store {
             let inserted = c
                 .prepare_cached(
                     "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
-                     SELECT ?1, id, ?3, ?4, ?5 FROM users WHERE id = ?2",
+                     SELECT ?1, id, ?3, ?4, ?5 FROM users WHERE id = ?2 AND password_hash = ?6",
                 )?
-                .execute(params![id, user_id, hash, now, expires_at])?;
+                .execute(params![id, user_id, hash, now, expires_at, password_hash])?;
             if inserted == 0 {
-                // The user was deleted between the password check and now.
+                // The user was deleted, or its password changed, since the check.
                 return Err(ApiError::InvalidCredentials);
             }
             Ok(())
@@ -612,31 +634,46 @@ impl Store {
         .await
     }
 
-    /// Sets a user's role; demoting the last admin is refused (409), in the same transaction as
-    /// the count, so two admins demoting each other at once cannot leave none.
-    pub async fn set_role(&self, user_id: i64, role: Role) -> Result<User, ApiError> {
+    /// Sets a user's role, as the admin `actor_id`; demoting the last admin is refused (409), in
+    /// the same transaction as the count, so two admins demoting each other at once cannot leave
+    /// none. The actor's own role is read in that transaction too: an admin demoted while this
+    /// request was on its way is refused (403), not obeyed.
+    pub async fn set_role(
+        &self,
+        actor_id: i64,
+        user_id: i64,
+        role: Role,
+    ) -> Result<User, ApiError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = role_of(&tx, user_id)?;
-            if current == Role::Admin && role != Role::Admin && admins_other_than(&tx, user_id)? == 0 {
-                return Err(ApiError::Conflict(LAST_ADMIN));
-            }
-            let user = tx
-                .prepare_cached(
-                    "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
-                )?
-                .query_row(params![role.as_str(), user_id], user_from_row)?;
+            require_admin(&tx, actor_id)?;
+            let user = change_role(&tx, user_id, role)?;
             tx.commit()?;
             Ok(user)
         })
         .await
     }
 
-    /// Deletes a user and (foreign key cascade) its sessions. Unknown is 404; the last admin is
-    /// refused with 409, whether an admin deletes it or it deletes itself.
-    pub async fn delete_user(&self, user_id: i64) -> Result<(), ApiError> {
+    /// Makes a user an admin (the `create-admin` command: the operator needs no role).
+    pub async fn promote(&self, user_id: i64) -> Result<User, ApiError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let user = change_role(&tx, user_id, Role::Admin)?;
+            tx.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    /// Deletes a user and (foreign key cascade) its sessions: the user itself when `actor_id` is
+    /// `None`, else as that admin, whose role is checked inside the transaction. Unknown is 404;
+    /// the last admin is refused with 409, whether an admin deletes it or it deletes itself.
+    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), ApiError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(actor_id) = actor_id {
+                require_admin(&tx, actor_id)?;
+            }
             if role_of(&tx, user_id)? == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
                 return Err(ApiError::Conflict(LAST_ADMIN));
             }
@@ -647,6 +684,30 @@ impl Store {
         })
         .await
     }
+}
+
+/// The actor of an admin change must still be an admin when the change is written.
+fn require_admin(tx: &rusqlite::Transaction<'_>, actor_id: i64) -> Result<(), ApiError> {
+    match role_of(tx, actor_id) {
+        Ok(Role::Admin) => Ok(()),
+        Ok(Role::Member) => Err(ApiError::Forbidden("This needs the admin role")),
+        // The admin's account was deleted meanwhile: its token is dead.
+        Err(ApiError::NotFound(_)) => Err(ApiError::InvalidToken),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets a role inside a write transaction, refusing to demote the last admin.
+fn change_role(tx: &rusqlite::Transaction<'_>, user_id: i64, role: Role) -> Result<User, ApiError> {
+    let current = role_of(tx, user_id)?;
+    if current == Role::Admin && role != Role::Admin && admins_other_than(tx, user_id)? == 0 {
+        return Err(ApiError::Conflict(LAST_ADMIN));
+    }
+    Ok(tx
+        .prepare_cached(
+            "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
+        )?
+        .query_row(params![role.as_str(), user_id], user_from_row)?)
 }
 
 fn to_i64(seconds: u64) -> i64 {
@@ -665,6 +726,40 @@ fn create_private(path: &std::path::Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Makes the database file and its `-wal` and `-shm` files, where they exist, readable and
+/// writable by their owner only, when they were found looser (a file copied in, or made by an
+/// older release); each change is logged.
+fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(name.into());
+        }
+        for file in files {
+            let mode = match std::fs::metadata(&file) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                tracing::warn!(
+                    file = %file.display(),
+                    was = format!("{mode:04o}"),
+                    "the database file was open to other users; it is now 0600 (owner only)"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn configure(c: &mut rusqlite::Connection) -> Result<(), String> {

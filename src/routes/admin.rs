@@ -11,7 +11,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::{ApiError, FieldError};
-use crate::filters::{Auth, allow, json_body, with_admin, with_db};
+use crate::filters::{Auth, allow, get, json_body, with_admin, with_db};
 use crate::openapi::{
     BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, Unauthorized, UnsupportedMediaType,
@@ -23,12 +23,12 @@ use crate::validation::Rules;
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // GET /api/v1/admin/users?limit&offset
     let list = warp::path!("api" / "v1" / "admin" / "users").and(
-        warp::get()
+        get()
             .and(with_admin(state))
             .and(page_query())
             .and(with_db(&state.store))
             .and_then(list_users)
-            .or(allow("GET"))
+            .or(allow("GET, HEAD"))
             .unify(),
     );
 
@@ -194,7 +194,7 @@ pub(crate) async fn set_role(
     body: RoleIn,
     store: Store,
 ) -> Result<Response, Rejection> {
-    let user = store.set_role(id.0, body.role).await?;
+    let user = store.set_role(admin.user.id, id.0, body.role).await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = user.id,
@@ -226,7 +226,7 @@ pub(crate) async fn delete_user(
     admin: Auth,
     store: Store,
 ) -> Result<Response, Rejection> {
-    store.delete_user(id.0).await?;
+    store.delete_user(Some(admin.user.id), id.0).await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = id.0,

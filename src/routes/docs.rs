@@ -12,7 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::error::ApiError;
-use crate::filters::allow;
+use crate::filters::{allow, get};
 use crate::openapi;
 
 /// Only this origin: scripts and styles from here, images from here or inline, no frames.
@@ -68,33 +68,33 @@ pub fn routes() -> BoxedFilter<(Response,)> {
 
     // GET /openapi.json
     let spec =
-        warp::path!("openapi.json").and(warp::get().map(openapi_json).or(allow("GET")).unify());
+        warp::path!("openapi.json").and(get().map(openapi_json).or(allow("GET, HEAD")).unify());
     // GET /docs
-    let swagger = warp::path!("docs").and(warp::get().map(swagger_ui).or(allow("GET")).unify());
+    let swagger = warp::path!("docs").and(get().map(swagger_ui).or(allow("GET, HEAD")).unify());
     // GET /docs/{file}
     let file = || warp::path!("docs" / String);
     let swagger_files = file()
-        .and(warp::get())
+        .and(get())
         .and_then(move |file: String| {
             let config = config.clone();
             async move { swagger_file(&file, config) }
         })
         .or(file()
-            .and(allow("GET"))
+            .and(allow("GET, HEAD"))
             .map(|_: String, refused: Response| refused))
         .unify();
     // GET /redoc
-    let redoc_page = warp::path!("redoc").and(warp::get().map(redoc).or(allow("GET")).unify());
+    let redoc_page = warp::path!("redoc").and(get().map(redoc).or(allow("GET, HEAD")).unify());
     // GET /redoc/redoc.standalone.js
     let redoc_js = warp::path!("redoc" / "redoc.standalone.js").and(
-        warp::get()
+        get()
             .map(|| {
                 asset(
                     Bytes::from_static(REDOC_JS),
                     "text/javascript; charset=utf-8",
                 )
             })
-            .or(allow("GET"))
+            .or(allow("GET, HEAD"))
             .unify(),
     );
 
@@ -146,15 +146,10 @@ pub(crate) fn redoc() -> Response {
 }
 
 fn page(html: &'static str) -> Response {
-    let mut response = with_type(
+    with_type(
         Bytes::from_static(html.as_bytes()),
         "text/html; charset=utf-8",
-    );
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(PAGE_POLICY),
-    );
-    response
+    )
 }
 
 fn swagger_file(
@@ -201,10 +196,18 @@ fn asset(bytes: Bytes, content_type: &'static str) -> Response {
     response
 }
 
+/// A response of this type; every HTML one (the pages, and Swagger UI's own `index.html` and
+/// `oauth2-redirect.html`) carries the page policy, so no documentation page can be framed or
+/// load from elsewhere, whichever path reaches it.
 fn with_type(body: Bytes, content_type: &'static str) -> Response {
     let mut response = Response::new(body.into());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type.starts_with("text/html") {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_POLICY),
+        );
+    }
     response
 }

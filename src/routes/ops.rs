@@ -8,20 +8,20 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::filters::{allow, with_db};
+use crate::filters::{allow, get, with_db};
 use crate::openapi::ServiceUnavailable;
 use crate::store::Store;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // GET /health
-    let health = warp::path!("health").and(warp::get().map(health).or(allow("GET")).unify());
+    let health = warp::path!("health").and(get().map(health).or(allow("GET, HEAD")).unify());
 
     // GET /health/ready
     let ready = warp::path!("health" / "ready").and(
-        warp::get()
+        get()
             .and(with_db(&state.store))
             .and_then(ready)
-            .or(allow("GET"))
+            .or(allow("GET, HEAD"))
             .unify(),
     );
 
@@ -46,13 +46,13 @@ pub(crate) fn health() -> Response {
     warp::reply::json(&Status { status: "ok" }).into_response()
 }
 
-/// Readiness: 200 when the database answers, else 503.
+/// Readiness: 200 when the database answers a query, else 503 (unreachable, failing, damaged).
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "ops",
     responses(
-        (status = 200, description = "The database answers", body = Status),
+        (status = 200, description = "The database answers a query", body = Status),
         (status = 503, response = ServiceUnavailable)
     )
 )]

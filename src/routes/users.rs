@@ -1,6 +1,9 @@
 //! `/api/v1/users`: registration, login, sessions (refresh, logout) and the caller's own account.
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use utoipa::ToSchema;
 use validator::Validate;
 use warp::filters::BoxedFilter;
@@ -11,7 +14,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::filters::{
-    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, json_body, with_auth, with_state,
+    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, get, json_body, with_auth, with_state,
 };
 use crate::openapi::{
     BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
@@ -72,7 +75,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 
     // GET, PATCH, DELETE /api/v1/users/me
     let me = warp::path!("me").and(
-        warp::get()
+        get()
             .and(with_auth(state))
             .map(me)
             .or(warp::patch()
@@ -86,7 +89,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
                 .and(with_state(state))
                 .and_then(delete_account))
             .unify()
-            .or(allow("GET, PATCH, DELETE"))
+            .or(allow("GET, HEAD, PATCH, DELETE"))
             .unify(),
     );
 
@@ -351,34 +354,78 @@ pub(crate) async fn login(
     state: AppState,
 ) -> Result<Response, Rejection> {
     let address = client.map(|c| c.0);
+    // The attempt runs to its end in a task of its own, whatever the client does: a client that
+    // hangs up while a wrong password's answer is padded must not spare that guess from the
+    // throttle (dropping this handler's future does not stop the task).
+    let attempt = tokio::spawn(attempt_login(state, body, address).in_current_span());
+    let token = attempt
+        .await
+        .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;
+    Ok(token_response(&token))
+}
+
+/// One login attempt, from the throttle to the new session; each outcome is logged.
+async fn attempt_login(
+    state: AppState,
+    body: LoginIn,
+    address: Option<IpAddr>,
+) -> Result<Token, ApiError> {
     // A throttled account or address gets 429 even with the right password.
-    let attempt = state.throttle.begin(&body.email, address)?;
+    let attempt = state
+        .throttle
+        .begin(&body.email, address)
+        .inspect_err(|_| {
+            tracing::warn!(outcome = "throttled", "login refused: too many attempts");
+        })?;
     let credentials = state.store.credentials(body.email.clone()).await?;
     // Unknown emails are checked against a dummy hash: both failures take the same time.
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
-    let valid = state.hasher.verify(body.password.clone(), stored).await?;
+    let verdict = state.hasher.verify(body.password.clone(), stored).await?;
     let credentials = match credentials {
-        Some(c) if valid => c,
-        _ => {
+        Some(c) if verdict.valid => c,
+        other => {
+            // Counted before the answer is padded.
             attempt.failed();
-            return Err(ApiError::InvalidCredentials.into());
+            tracing::warn!(
+                outcome = "invalid",
+                user_id = other.map(|c| c.user_id),
+                "login failed"
+            );
+            verdict.pad().await;
+            return Err(ApiError::InvalidCredentials);
         }
     };
     attempt.succeeded();
-    if state.hasher.needs_rehash(&credentials.password_hash) {
+    let mut verified_hash = credentials.password_hash;
+    if state.hasher.needs_rehash(&verified_hash) {
         let new_hash = state.hasher.hash(body.password).await?;
-        state
+        if state
             .store
-            .rehash_password(credentials.user_id, credentials.password_hash, new_hash)
-            .await?;
-        tracing::info!(
-            user_id = credentials.user_id,
-            "password re-hashed at the configured cost"
-        );
+            .rehash_password(credentials.user_id, verified_hash.clone(), new_hash.clone())
+            .await?
+        {
+            tracing::info!(
+                user_id = credentials.user_id,
+                "password re-hashed at the configured cost"
+            );
+            verified_hash = new_hash;
+        }
     }
-    let token = start_session(&state, credentials.user_id).await?;
-    tracing::info!(user_id = credentials.user_id, "login");
-    Ok(token_response(&token))
+    // Only while the password checked is still the user's: a change that went through meanwhile
+    // wins, and this login gets 401 rather than a session that outlives it.
+    let token = start_session(&state, credentials.user_id, verified_hash)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::InvalidCredentials) {
+                tracing::warn!(
+                    outcome = "invalid",
+                    user_id = credentials.user_id,
+                    "login failed: the password changed while it was checked"
+                );
+            }
+        })?;
+    tracing::info!(outcome = "success", user_id = credentials.user_id, "login");
+    Ok(token)
 }
 
 /// Exchange a refresh token for a new pair of the same session.
@@ -515,7 +562,7 @@ pub(crate) async fn update_profile(
     )
 )]
 pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
-    state.store.delete_user(auth.user.id).await?;
+    state.store.delete_user(None, auth.user.id).await?;
     tracing::info!(user_id = auth.user.id, "account deleted");
     Ok(no_content())
 }
@@ -554,12 +601,17 @@ pub(crate) async fn change_password(
         .password_hash(auth.user.id)
         .await?
         .ok_or(ApiError::InvalidToken)?;
-    if !state
+    let verdict = state
         .hasher
         .verify(body.current_password, Some(stored.clone()))
-        .await?
-    {
+        .await?;
+    if !verdict.valid {
         attempt.failed();
+        tracing::warn!(
+            user_id = auth.user.id,
+            "password change refused: wrong current password"
+        );
+        verdict.pad().await;
         return Err(ApiError::WrongPassword.into());
     }
     attempt.succeeded();
@@ -578,8 +630,13 @@ pub(crate) async fn change_password(
     Ok(no_content())
 }
 
-/// Creates a session for the user and returns its first token pair.
-async fn start_session(state: &AppState, user_id: i64) -> Result<Token, ApiError> {
+/// Creates a session for the user, if `verified_hash` is still its password hash, and returns
+/// its first token pair (else `InvalidCredentials`).
+async fn start_session(
+    state: &AppState,
+    user_id: i64,
+    verified_hash: String,
+) -> Result<Token, ApiError> {
     let session_id = tokens::new_session_id();
     let refresh = RefreshToken::generate();
     let now = tokens::now_seconds();
@@ -589,6 +646,7 @@ async fn start_session(state: &AppState, user_id: i64) -> Result<Token, ApiError
             id: &session_id,
             user_id,
             refresh_hash: &refresh.hash,
+            password_hash: verified_hash,
             now,
             expires_at: now + u64::from(state.config.refresh_token_days) * 86_400,
         })

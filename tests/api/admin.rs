@@ -1,7 +1,6 @@
 //! Roles and the admin endpoints through the real router.
 
 use serde_json::{Value, json};
-use warp_auth_api::store::Role;
 
 use crate::helpers::{PASSWORD, Reply, TestApp};
 
@@ -16,11 +15,7 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap();
-        self.state
-            .store
-            .set_role(user.id, Role::Admin)
-            .await
-            .unwrap();
+        self.state.store.promote(user.id).await.unwrap();
         self.login(email, PASSWORD).await.json()["access_token"]
             .as_str()
             .unwrap()
@@ -270,7 +265,7 @@ async fn unknown_or_non_numeric_ids_are_404_and_bad_bodies_400() {
     assert_eq!(r.header("allow"), Some("PATCH, DELETE"));
     let r = app.admin("POST", "/api/v1/admin/users", &admin, None).await;
     r.problem(405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
 #[tokio::test]

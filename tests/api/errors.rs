@@ -47,7 +47,7 @@ async fn a_wrong_method_is_405_with_allow_and_wins_over_401() {
         .send(warp::test::request().method("DELETE").path("/health"))
         .await;
     r.problem(405);
-    assert_eq!(r.header("allow"), Some("GET"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod openapi;
 mod ops;
+mod security;
 mod server;
 mod sessions;
 mod users;
