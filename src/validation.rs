@@ -18,9 +18,46 @@ pub struct Rules {
     pub password_min_length: usize,
 }
 
-/// Emails are trimmed and lower-cased before validation, storage and comparison.
+/// Emails are trimmed and lower-cased before validation, storage and comparison, and their
+/// domain is put in its IDNA ASCII form after UTS-46 mapping: `a@exämple.com`,
+/// `a@xn--exmple-cua.com`, `a@ｅxample.com` (fullwidth) and `a@example。com` all become one
+/// address. An address holding a [refused character](refused_char), or whose domain does not
+/// map, is left as sent (trimmed and lower-cased) for [`valid_email`] to refuse: the mapping
+/// would silently drop some of those characters.
 pub fn normalized_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    let email = email.trim().to_lowercase();
+    if email.chars().any(refused_char) {
+        return email;
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return email;
+    };
+    match ascii_domain(domain) {
+        Some(Cow::Owned(ascii)) => format!("{local}@{ascii}"),
+        Some(Cow::Borrowed(_)) | None => email,
+    }
+}
+
+/// A domain in its IDNA ASCII form after UTS-46 mapping (STD3 rules: letters, digits, hyphens
+/// and dots only), borrowed when it already is; `None` when it does not map. An address literal
+/// (`[192.0.2.1]`) is no domain name and is kept as it is.
+fn ascii_domain(domain: &str) -> Option<Cow<'_, str>> {
+    if domain.starts_with('[') {
+        return Some(Cow::Borrowed(domain));
+    }
+    idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::STD3).ok()
+}
+
+/// A character no address may hold, in the local part or the domain: a control character, a
+/// bidirectional control (U+202E, U+2066–2069, …) or a default-ignorable one (zero-width space,
+/// soft hyphen, ZWJ/ZWNJ, U+FEFF, variation selectors, …), from the Unicode character database.
+/// Such characters are invisible, so two addresses that differ only by them look the same.
+pub fn refused_char(c: char) -> bool {
+    use icu_properties::CodePointSetData;
+    use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint};
+    c.is_control()
+        || CodePointSetData::new::<BidiControl>().contains(c)
+        || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
 }
 
 /// [`normalized_email`] for serde's `deserialize_with`.
@@ -40,13 +77,25 @@ pub fn normalize_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
         .filter(|s| !s.is_empty()))
 }
 
-/// An email (already trimmed and lower-cased): a valid address of at most 254 characters.
+/// An email as [`normalized_email`] leaves it: no refused character, at most 254 characters
+/// (counted after the domain's mapping), a domain that maps, and a valid address.
 pub fn valid_email(email: &str) -> Result<(), ValidationError> {
     use validator::ValidateEmail;
+    if email.chars().any(refused_char) {
+        return Err(ValidationError::new("characters").with_message(
+            "must not contain control, invisible or text-direction characters".into(),
+        ));
+    }
     if email.chars().count() > 254 {
         return Err(
             ValidationError::new("length").with_message("must be at most 254 characters".into())
         );
+    }
+    if let Some((_, domain)) = email.rsplit_once('@')
+        && ascii_domain(domain).is_none()
+    {
+        return Err(ValidationError::new("domain")
+            .with_message("must have a valid domain name after the '@'".into()));
     }
     if !email.validate_email() {
         return Err(
@@ -268,5 +317,101 @@ mod tests {
         ));
         assert!(matches!(parse("[1,2]"), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse(""), Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn look_alike_domains_are_one_address() {
+        for sent in [
+            "Dave@ｅxample.com",
+            "dave@example。com",
+            "dave@EXAMPLE.COM",
+            " dave@example.com ",
+        ] {
+            assert_eq!(normalized_email(sent), "dave@example.com", "{sent}");
+        }
+        assert_eq!(
+            normalized_email("dave@exämple.com"),
+            "dave@xn--exmple-cua.com"
+        );
+        assert_eq!(
+            normalized_email("dave@XN--EXMPLE-CUA.com"),
+            "dave@xn--exmple-cua.com"
+        );
+        assert_eq!(normalized_email("dave@[192.0.2.1]"), "dave@[192.0.2.1]");
+        for email in [
+            "dave@xn--exmple-cua.com",
+            "dave@example.com",
+            "dave@[192.0.2.1]",
+        ] {
+            assert!(valid_email(email).is_ok(), "{email}");
+        }
+    }
+
+    fn refusal(sent: &str) -> ValidationError {
+        valid_email(&normalized_email(sent)).expect_err(sent)
+    }
+
+    #[test]
+    fn invisible_and_control_characters_are_refused_anywhere() {
+        let refused = [
+            '\u{200B}',
+            '\u{00AD}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{061C}',
+            '\u{FE0F}',
+            '\u{E0041}',
+            '\u{0007}',
+            '\u{007F}',
+            '\u{0085}',
+        ];
+        for c in refused {
+            for sent in [
+                format!("da{c}ve@example.com"),
+                format!("dave@exa{c}mple.com"),
+            ] {
+                // The mapping would drop some of them (a soft hyphen, a ZWJ): they must not
+                // vanish before the check.
+                assert_ne!(
+                    normalized_email(&sent),
+                    "dave@example.com",
+                    "{:04X}",
+                    c as u32
+                );
+                let err = refusal(&sent);
+                assert_eq!(err.code, "characters", "{:04X}", c as u32);
+                let message = err.message.unwrap_or_default();
+                assert!(!message.contains("dave"), "{message}");
+            }
+        }
+        assert!(!refused_char('ä') && !refused_char('ｅ') && !refused_char('-'));
+    }
+
+    #[test]
+    fn the_length_limit_counts_the_mapped_address() {
+        // Scattered ideographs: punycode packs neighbouring code points tightly, these not.
+        let label: String = (0..20u32)
+            .filter_map(|i| char::from_u32(0x4E00 + i * 7919 % 20000))
+            .collect();
+        let sent = format!("dave@{label}.{label}.{label}.{label}.com");
+        assert!(sent.chars().count() <= 254);
+        let mapped = normalized_email(&sent);
+        assert!(mapped.chars().count() > 254, "{mapped}");
+        assert_eq!(valid_email(&mapped).unwrap_err().code, "length");
+    }
+
+    #[test]
+    fn a_domain_that_does_not_map_is_refused() {
+        for sent in [
+            "dave@exa_mple.com",
+            "dave@xn--a.com",
+            "dave@exa\u{FFFD}mple.com",
+        ] {
+            assert_eq!(refusal(sent).code, "domain", "{sent}");
+        }
     }
 }

@@ -1,0 +1,116 @@
+//! Hostile input: look-alike and invisible characters in emails, JSON that says more than one
+//! thing, tokens that are valid but not quite canonical, and the header's whitespace. Through the
+//! real router, and each rule once through the real binary.
+
+use serde_json::json;
+
+use crate::binary::Server;
+use crate::helpers::{PASSWORD, Reply, TestApp};
+
+/// Asserts a 400 naming `field`, whose body does not echo `sent`.
+#[track_caller]
+fn assert_refused_field(r: &Reply, field: &str, sent: &str) {
+    r.problem(400);
+    assert_eq!(r.error_fields(), vec![field.to_owned()]);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(!text.contains(sent), "the value is echoed: {text}");
+}
+
+// --- Emails ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn look_alike_domains_are_one_account() {
+    let app = TestApp::new().await;
+    let r = app.register("dave@example.com", PASSWORD).await;
+    assert_eq!(r.assert_status(201).json()["email"], "dave@example.com");
+    for look_alike in [
+        "dave@ｅxample.com",
+        "dave@example。com",
+        "Dave@ＥＸＡＭＰＬＥ.ＣＯＭ",
+    ] {
+        app.register(look_alike, PASSWORD).await.problem(409);
+        app.login(look_alike, PASSWORD).await.assert_status(200);
+    }
+
+    let r = app.register("dave@exämple.com", PASSWORD).await;
+    assert_eq!(
+        r.assert_status(201).json()["email"],
+        "dave@xn--exmple-cua.com"
+    );
+    app.register("dave@xn--exmple-cua.com", PASSWORD)
+        .await
+        .problem(409);
+    app.register("dave@EXÄMPLE.com", PASSWORD)
+        .await
+        .problem(409);
+    for form in ["dave@exämple.com", "dave@xn--exmple-cua.com"] {
+        app.login(form, PASSWORD).await.assert_status(200);
+        let r = app
+            .send(
+                warp::test::request()
+                    .method("POST")
+                    .path("/api/v1/users/login")
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!(
+                        "username={}&password={PASSWORD}",
+                        form.replace('ä', "%C3%A4")
+                    )),
+            )
+            .await;
+        r.assert_status(200);
+    }
+}
+
+#[tokio::test]
+async fn invisible_and_control_characters_in_an_email_are_refused() {
+    let app = TestApp::new().await;
+    app.register("dave@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    for c in [
+        '\u{200B}', '\u{00AD}', '\u{200C}', '\u{200D}', '\u{FEFF}', '\u{202E}', '\u{2066}',
+        '\u{2069}', '\u{0007}',
+    ] {
+        for sent in [
+            format!("da{c}ve@example.com"),
+            format!("dave@exa{c}mple.com"),
+        ] {
+            let r = app.register(&sent, PASSWORD).await;
+            assert_refused_field(&r, "email", &sent);
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("dave"),
+                "{:04X}",
+                c as u32
+            );
+            assert_refused_field(&app.login(&sent, PASSWORD).await, "email", &sent);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_email_whose_domain_does_not_map_is_refused() {
+    let app = TestApp::new().await;
+    for sent in ["dave@exa_mple.com", "dave@xn--a.com"] {
+        assert_refused_field(&app.register(sent, PASSWORD).await, "email", sent);
+    }
+}
+
+#[test]
+fn the_binary_stores_one_account_per_mailbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let register = |email: &str| {
+        server.json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": email, "password": PASSWORD}),
+            &[],
+        )
+    };
+    let user = register("erin@exämple.com").expect(201);
+    assert_eq!(user["email"], "erin@xn--exmple-cua.com");
+    register("erin@xn--exmple-cua.com").expect(409);
+    register("erin@ｅxämple.com").expect(409);
+    let refused = register("erin\u{200B}@example.com").expect(400);
+    assert_eq!(refused["errors"][0]["field"], "email");
+}
