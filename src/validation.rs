@@ -154,11 +154,13 @@ where
             },
         );
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value: T = match serde_path_to_error::deserialize(de) {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(value) => value,
         Err(err) => return Err(json_error(err, body)),
     };
+    // The object must be the whole body: `{…} x` or `{…}{…}` is malformed, whitespace is fine.
+    de.end().map_err(|err| malformed(&err))?;
     validate(&value, rules)?;
     Ok(value)
 }
@@ -317,6 +319,19 @@ mod tests {
         ));
         assert!(matches!(parse("[1,2]"), Err(ApiError::BadRequest(_))));
         assert!(matches!(parse(""), Err(ApiError::BadRequest(_))));
+    }
+
+    #[test]
+    fn nothing_but_whitespace_may_follow_the_object() {
+        let body = r#"{"email":"a@b.co","password":"MyStrongPass123"}"#;
+        for tail in [" x", "{}", r#"{"email":"c@d.co"}"#, "]", " 1", "\0"] {
+            let err = parse(&format!("{body}{tail}")).unwrap_err();
+            match err {
+                ApiError::BadRequest(detail) => assert!(detail.starts_with("Malformed JSON")),
+                other => panic!("{tail:?}: {other:?}"),
+            }
+        }
+        assert!(parse(&format!("{body} \r\n\t ")).is_ok());
     }
 
     #[test]

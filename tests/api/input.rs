@@ -114,3 +114,55 @@ fn the_binary_stores_one_account_per_mailbox() {
     let refused = register("erin\u{200B}@example.com").expect(400);
     assert_eq!(refused["errors"][0]["field"], "email");
 }
+
+// --- JSON -----------------------------------------------------------------------------------
+
+const REGISTER: &str = "/api/v1/users/register";
+
+async fn post_raw(app: &TestApp, path: &str, body: &str) -> Reply {
+    app.send(
+        warp::test::request()
+            .method("POST")
+            .path(path)
+            .header("content-type", "application/json")
+            .body(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn data_after_the_json_object_is_malformed() {
+    let app = TestApp::new().await;
+    let body = format!(r#"{{"email":"frank@example.com","password":"{PASSWORD}"}}"#);
+    for tail in [" x", "{}", r#"{"email":"grace@example.com"}"#, ",", " null"] {
+        let r = post_raw(&app, REGISTER, &format!("{body}{tail}")).await;
+        let problem = r.problem(400);
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.starts_with("Malformed JSON"), "{tail:?}: {detail}");
+        assert!(!detail.contains(PASSWORD));
+    }
+    app.login("frank@example.com", PASSWORD).await.problem(401);
+    post_raw(&app, REGISTER, &format!("{body} \r\n\t "))
+        .await
+        .assert_status(201);
+}
+
+#[test]
+fn the_binary_refuses_data_after_the_json_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = format!(r#"{{"email":"heidi@example.com","password":"{PASSWORD}"}}{{}}"#);
+    let r = server.request(
+        "POST",
+        REGISTER,
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    let problem = r.expect(400);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Malformed JSON")
+    );
+}
