@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde::{Deserialize, Deserializer};
 use validator::{ValidateArgs, ValidationError, ValidationErrors, ValidationErrorsKind};
 
@@ -154,6 +154,14 @@ where
             },
         );
     }
+    // serde keeps one of two values under one key without a word: a first pass refuses them.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match duplicates::FirstDuplicate.deserialize(&mut de) {
+        Ok(None) => {}
+        Ok(Some(path)) => return Err(duplicate_key(&path)),
+        // This pass accepts any JSON value, so what it refuses is malformed JSON.
+        Err(err) => return Err(malformed(&err)),
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = match serde_path_to_error::deserialize(&mut de) {
         Ok(value) => value,
@@ -211,6 +219,181 @@ fn json_error(err: serde_path_to_error::Error<serde_json::Error>, body: &[u8]) -
         None => "has an invalid value".to_owned(),
     };
     ApiError::Validation(vec![FieldError::new(path, text)])
+}
+
+/// A key given twice in one object. The key is named when it looks like a field name (every
+/// field of every body does); any other key is submitted text, and is not echoed.
+fn duplicate_key(path: &[duplicates::Segment]) -> ApiError {
+    let plain = |key: &str| {
+        (1..=64).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let nameable = path.iter().all(|segment| match segment {
+        duplicates::Segment::Key(key) => plain(key),
+        duplicates::Segment::Index(_) => true,
+    });
+    if !nameable {
+        return ApiError::BadRequest("A key appears more than once in a JSON object".into());
+    }
+    let mut field = String::new();
+    for segment in path {
+        match segment {
+            duplicates::Segment::Key(key) => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(key);
+            }
+            duplicates::Segment::Index(i) => field.push_str(&format!("[{i}]")),
+        }
+    }
+    ApiError::Validation(vec![FieldError::new(field, "appears more than once")])
+}
+
+/// The first pass over a JSON body: the first key that appears twice in one object.
+mod duplicates {
+    use std::borrow::Cow;
+    use std::collections::HashSet;
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// A step of the path to a repeated key, outermost first once complete.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Segment {
+        Key(String),
+        Index(usize),
+    }
+
+    /// Walks any JSON value, objects and arrays nested in it too, and gives the path to the first
+    /// key that appears a second time in its object (`None` when every key is unique). The rest
+    /// of the value is read (and ignored) once one is found, so the input is consumed whole.
+    pub struct FirstDuplicate;
+
+    /// The path is built from the inside out, while the walk returns: nothing is allocated for
+    /// a path unless a duplicate is found.
+    type Found = Option<Vec<Segment>>;
+
+    fn outermost_first(found: Found) -> Found {
+        found.map(|mut path| {
+            path.reverse();
+            path
+        })
+    }
+
+    impl<'de> DeserializeSeed<'de> for FirstDuplicate {
+        type Value = Found;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+            d.deserialize_any(Walk).map(outermost_first)
+        }
+    }
+
+    /// The walk proper; its paths are innermost first.
+    struct Walk;
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = Found;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Found;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_i64<E: Error>(self, _: i64) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_u64<E: Error>(self, _: u64) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E: Error>(self, _: &str) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Found, E> {
+            Ok(None)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
+            let mut index = 0;
+            while let Some(found) = seq.next_element_seed(Walk)? {
+                if let Some(mut path) = found {
+                    path.push(Segment::Index(index));
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    return Ok(Some(path));
+                }
+                index += 1;
+            }
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key_seed(Key)? {
+                let found = if seen.contains(&key) {
+                    map.next_value::<IgnoredAny>()?;
+                    Some(Vec::new())
+                } else {
+                    map.next_value_seed(Walk)?
+                };
+                if let Some(mut path) = found {
+                    path.push(Segment::Key(key.into_owned()));
+                    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    return Ok(Some(path));
+                }
+                seen.insert(key);
+            }
+            Ok(None)
+        }
+    }
+
+    /// An object's key as serde_json decodes it (escapes resolved, so `"e\u006dail"` is
+    /// `email`), borrowed from the body when it holds no escape.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Cow<'de, str>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = Cow<'de, str>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object key")
+        }
+
+        fn visit_borrowed_str<E: Error>(self, key: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(key))
+        }
+
+        fn visit_str<E: Error>(self, key: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(key.to_owned()))
+        }
+    }
 }
 
 /// Syntax, EOF or I/O errors: the position is given, never the content.
@@ -427,6 +610,54 @@ mod tests {
             "dave@exa\u{FFFD}mple.com",
         ] {
             assert_eq!(refusal(sent).code, "domain", "{sent}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_key_is_named() {
+        let pass = r#""password":"MyStrongPass123""#;
+        let cases = [
+            (
+                format!(r#"{{"email":"a@b.co","email":"c@d.co",{pass}}}"#),
+                "email",
+            ),
+            (
+                format!(r#"{{"email":"a@b.co",{pass},"e\u006dail":"c@d.co"}}"#),
+                "email",
+            ),
+            (format!(r#"{{"email":"a@b.co",{pass},{pass}}}"#), "password"),
+            (
+                format!(r#"{{"email":"a@b.co",{pass},"x":{{"y":1,"y":2}}}}"#),
+                "x.y",
+            ),
+            (
+                format!(r#"{{"email":"a@b.co",{pass},"l":[{{"y":1}},{{"y":1,"y":[]}}]}}"#),
+                "l[1].y",
+            ),
+            (
+                format!(r#"{{"email":"a@b.co",{pass},"age":1,"age":"x"}}"#),
+                "age",
+            ),
+        ];
+        for (body, field) in cases {
+            let f = fields(parse(&body).unwrap_err());
+            assert_eq!(
+                f,
+                vec![(field.to_owned(), "appears more than once".to_owned())],
+                "{body}"
+            );
+        }
+        // One key in two objects is no repetition.
+        let body = format!(r#"{{"email":"a@b.co",{pass},"x":{{"y":1}},"z":{{"y":1}},"l":[1,1]}}"#);
+        assert!(parse(&body).is_ok());
+    }
+
+    #[test]
+    fn a_repeated_key_that_is_no_field_name_is_not_echoed() {
+        let body = r#"{"email":"a@b.co","password":"MyStrongPass123","My Pass!":1,"My Pass!":2}"#;
+        match parse(body).unwrap_err() {
+            ApiError::BadRequest(detail) => assert!(!detail.contains("My Pass"), "{detail}"),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -166,3 +166,63 @@ fn the_binary_refuses_data_after_the_json_object() {
             .starts_with("Malformed JSON")
     );
 }
+
+#[tokio::test]
+async fn a_repeated_key_is_400_naming_it() {
+    let app = TestApp::new().await;
+    let r = post_raw(
+        &app,
+        REGISTER,
+        &format!(
+            r#"{{"email":"ivan@example.com","email":"judy@example.com","password":"{PASSWORD}"}}"#
+        ),
+    )
+    .await;
+    r.problem(400);
+    assert_eq!(r.json()["errors"][0]["field"], "email");
+    assert_eq!(r.json()["errors"][0]["message"], "appears more than once");
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(!text.contains("ivan") && !text.contains("judy"), "{text}");
+
+    // In a nested object too, and however the key is escaped.
+    let r = post_raw(
+        &app,
+        REGISTER,
+        &format!(
+            r#"{{"email":"ivan@example.com","password":"{PASSWORD}","extra":{{"a":1,"\u0061":2}}}}"#
+        ),
+    )
+    .await;
+    r.problem(400);
+    assert_eq!(r.error_fields(), vec!["extra.a".to_owned()]);
+
+    let r = post_raw(
+        &app,
+        "/api/v1/users/login",
+        &format!(r#"{{"email":"ivan@example.com","password":"x","password":"{PASSWORD}"}}"#),
+    )
+    .await;
+    r.problem(400);
+    assert_eq!(r.error_fields(), vec!["password".to_owned()]);
+    assert!(!String::from_utf8_lossy(&r.body).contains(PASSWORD));
+    // Nothing was registered by the refused bodies.
+    app.register("ivan@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+}
+
+#[test]
+fn the_binary_refuses_a_repeated_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = format!(r#"{{"email":"ken@example.com","password":"{PASSWORD}","password":"x"}}"#);
+    let r = server.request(
+        "POST",
+        REGISTER,
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    let problem = r.expect(400);
+    assert_eq!(problem["errors"][0]["field"], "password");
+    assert_eq!(problem["errors"][0]["message"], "appears more than once");
+}
