@@ -2,10 +2,11 @@
 //! thing, tokens that are valid but not quite canonical, and the header's whitespace. Through the
 //! real router, and each rule once through the real binary.
 
-use serde_json::json;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
 
 use crate::binary::Server;
-use crate::helpers::{PASSWORD, Reply, TestApp};
+use crate::helpers::{PASSWORD, Reply, SECRET, TestApp};
 
 /// Asserts a 400 naming `field`, whose body does not echo `sent`.
 #[track_caller]
@@ -225,4 +226,99 @@ fn the_binary_refuses_a_repeated_key() {
     let problem = r.expect(400);
     assert_eq!(problem["errors"][0]["field"], "password");
     assert_eq!(problem["errors"][0]["message"], "appears more than once");
+}
+
+// --- Tokens ---------------------------------------------------------------------------------
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The claims of a real access token, read without checking it.
+fn claims_of(token: &str) -> Value {
+    jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .unwrap()
+        .claims
+}
+
+/// A token signed as the service signs its own (the harness's secret, HS256, `typ: at+jwt`),
+/// with the claims sub/exp/iat/jti/sid of the real token `real` and then `changes`: a token
+/// whose only fault is the change.
+fn resign(real: &str, changes: Value) -> String {
+    let real = claims_of(real);
+    let mut claims = json!({
+        "sub": real["sub"],
+        "exp": real["exp"],
+        "iat": real["iat"],
+        "jti": real["jti"],
+        "sid": real["sid"],
+    });
+    for (name, value) in changes.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    let mut header = Header::new(Algorithm::HS256);
+    header.typ = Some("at+jwt".to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[track_caller]
+fn assert_invalid_token(r: &Reply) {
+    r.problem(401);
+    let challenge = r.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+#[tokio::test]
+async fn a_token_whose_nbf_is_in_the_future_is_401() {
+    let app = TestApp::new().await;
+    let real = app.token("nina@example.com").await;
+    // The re-signed token as it is works: only the change below is refused.
+    app.me(&resign(&real, json!({}))).await.assert_status(200);
+    let now = now();
+    for nbf in [now - 60, now + 2] {
+        app.me(&resign(&real, json!({ "nbf": nbf })))
+            .await
+            .assert_status(200);
+    }
+    for nbf in [now + 60, now + 86_400] {
+        assert_invalid_token(&app.me(&resign(&real, json!({ "nbf": nbf }))).await);
+    }
+}
+
+/// Registers and logs in through the binary: the access token.
+fn binary_token(server: &Server, email: &str) -> String {
+    let body = json!({"email": email, "password": PASSWORD});
+    server.json("POST", REGISTER, &body, &[]).expect(201);
+    let login = server
+        .json("POST", "/api/v1/users/login", &body, &[])
+        .expect(200);
+    login["access_token"].as_str().unwrap().to_owned()
+}
+
+fn binary_me(server: &Server, authorization: &str) -> crate::binary::Response {
+    server.request(
+        "GET",
+        "/api/v1/users/me",
+        &[("Authorization", authorization)],
+        None,
+    )
+}
+
+#[test]
+fn the_binary_refuses_a_token_not_yet_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let real = binary_token(&server, "olga@example.com");
+    let fine = resign(&real, json!({}));
+    binary_me(&server, &format!("Bearer {fine}")).expect(200);
+    let early = resign(&real, json!({ "nbf": now() + 600 }));
+    binary_me(&server, &format!("Bearer {early}")).expect(401);
 }
