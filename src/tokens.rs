@@ -124,16 +124,20 @@ impl TokenKeys {
         if !typ_ok || data.claims.iat > now_seconds() + LEEWAY_SECONDS {
             return Err(ApiError::InvalidToken);
         }
-        let user_id = data
-            .claims
-            .sub
-            .parse()
-            .map_err(|_| ApiError::InvalidToken)?;
+        let user_id = canonical_user_id(&data.claims.sub).ok_or(ApiError::InvalidToken)?;
         Ok(AccessClaims {
             user_id,
             session_id: data.claims.sid,
         })
     }
+}
+
+/// The user id a `sub` claim names, when it is written exactly as [`TokenKeys::issue`] writes
+/// one: a positive id in canonical decimal. `"01"`, `"+1"`, `" 1"`, `"1.0"` and `"0"` are no
+/// user id, though `str::parse` would read some of them.
+fn canonical_user_id(sub: &str) -> Option<i64> {
+    let id: i64 = sub.parse().ok()?;
+    (id > 0 && id.to_string() == sub).then_some(id)
 }
 
 pub fn now_seconds() -> u64 {
@@ -287,6 +291,20 @@ mod tests {
         }
         let token = resigned(&k, serde_json::json!({ "nbf": "soon" }));
         assert!(k.verify(&token).is_err());
+    }
+
+    #[test]
+    fn sub_must_be_the_canonical_user_id() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let token = resigned(&k, serde_json::json!({ "sub": "7" }));
+        assert_eq!(k.verify(&token).unwrap().user_id, 7);
+        for sub in ["07", "+7", " 7", "7 ", "7.0", "0", "-7", "", "0x7"] {
+            let token = resigned(&k, serde_json::json!({ "sub": sub }));
+            assert!(k.verify(&token).is_err(), "{sub:?}");
+        }
+        let token = resigned(&k, serde_json::json!({ "sub": 7 }));
+        assert!(k.verify(&token).is_err(), "a number, not a string");
+        assert_eq!(canonical_user_id(&i64::MAX.to_string()), Some(i64::MAX));
     }
 
     #[test]

@@ -322,3 +322,34 @@ fn the_binary_refuses_a_token_not_yet_valid() {
     let early = resign(&real, json!({ "nbf": now() + 600 }));
     binary_me(&server, &format!("Bearer {early}")).expect(401);
 }
+
+#[tokio::test]
+async fn a_sub_not_in_canonical_decimal_is_401() {
+    let app = TestApp::new().await;
+    let real = app.token("peggy@example.com").await;
+    let id = claims_of(&real)["sub"].as_str().unwrap().to_owned();
+    app.me(&resign(&real, json!({ "sub": id })))
+        .await
+        .assert_status(200);
+    for sub in [
+        format!("0{id}"),
+        format!("+{id}"),
+        format!(" {id}"),
+        format!("{id}.0"),
+    ] {
+        let r = app.me(&resign(&real, json!({ "sub": sub }))).await;
+        assert_invalid_token(&r);
+    }
+}
+
+#[test]
+fn the_binary_refuses_a_sub_not_in_canonical_decimal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let real = binary_token(&server, "quinn@example.com");
+    let id = claims_of(&real)["sub"].as_str().unwrap().to_owned();
+    for sub in [format!("0{id}"), format!("+{id}")] {
+        let token = resign(&real, json!({ "sub": sub }));
+        binary_me(&server, &format!("Bearer {token}")).expect(401);
+    }
+}
