@@ -353,3 +353,38 @@ fn the_binary_refuses_a_sub_not_in_canonical_decimal() {
         binary_me(&server, &format!("Bearer {token}")).expect(401);
     }
 }
+
+// --- The Authorization header ---------------------------------------------------------------
+
+#[tokio::test]
+async fn a_tab_after_bearer_is_a_bearer_token() {
+    let app = TestApp::new().await;
+    let token = app.token("rita@example.com").await;
+    for authorization in [
+        format!("Bearer\t{token}"),
+        format!("bearer \t {token}"),
+        format!("Bearer\t\t{token}"),
+    ] {
+        let r = app
+            .send(
+                warp::test::request()
+                    .path("/api/v1/users/me")
+                    .header("authorization", authorization.as_str()),
+            )
+            .await;
+        assert_eq!(
+            r.assert_status(200).json()["email"],
+            "rita@example.com",
+            "{authorization:?}"
+        );
+    }
+}
+
+#[test]
+fn the_binary_reads_a_bearer_token_after_a_tab() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let token = binary_token(&server, "sam@example.com");
+    let me = binary_me(&server, &format!("Bearer\t{token}")).expect(200);
+    assert_eq!(me["email"], "sam@example.com");
+}
