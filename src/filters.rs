@@ -170,13 +170,15 @@ enum Credentials {
 impl FromStr for Credentials {
     type Err = Infallible;
 
+    /// `<scheme><spaces or tabs><token>`: RFC 7235 asks for spaces, but a tab is whitespace to
+    /// every other reader of the header, so `Bearer<TAB>token` is a bearer token too.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s.trim().split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                Credentials::Bearer(token.trim().to_owned())
-            }
-            _ if s.trim().eq_ignore_ascii_case("bearer") => Credentials::Bearer(String::new()),
-            _ => Credentials::Absent,
+        let s = s.trim();
+        let (scheme, token) = s.split_once([' ', '\t']).unwrap_or((s, ""));
+        Ok(if scheme.eq_ignore_ascii_case("bearer") {
+            Credentials::Bearer(token.trim().to_owned())
+        } else {
+            Credentials::Absent
         })
     }
 }
@@ -367,4 +369,34 @@ pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Rej
                 answered: false,
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: &str) -> Option<String> {
+        match header.parse::<Credentials>() {
+            Ok(Credentials::Bearer(token)) => Some(token),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn spaces_or_tabs_separate_the_scheme_from_the_token() {
+        for header in [
+            "Bearer abc",
+            "bearer abc",
+            "Bearer\tabc",
+            "BEARER \t  abc",
+            "Bearer\t\tabc ",
+        ] {
+            assert_eq!(token(header).as_deref(), Some("abc"), "{header:?}");
+        }
+        assert_eq!(token("Bearer").as_deref(), Some(""));
+        assert_eq!(token("Bearer\t").as_deref(), Some(""));
+        for other in ["Basic abc", "Basic\tabc", "Bearerabc", "", "abc"] {
+            assert_eq!(token(other), None, "{other:?}");
+        }
+    }
 }

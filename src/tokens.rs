@@ -13,7 +13,7 @@ use crate::error::ApiError;
 
 /// The media type of access tokens (RFC 9068), written into and required in the JWT header.
 const ACCESS_TOKEN_TYPE: &str = "at+jwt";
-/// Clock skew tolerated on `exp` and `iat`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 5;
 
 /// The claims of an access token.
@@ -57,9 +57,11 @@ impl TokenKeys {
         let mut header = Header::new(config.jwt_algorithm);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
 
-        // Only the configured algorithm; `exp`, `iat`, `sub` required; iss/aud when configured.
+        // Only the configured algorithm; `exp`, `iat`, `sub` required; iss/aud when configured;
+        // an `nbf`, when there is one, must have passed.
         let mut validation = Validation::new(config.jwt_algorithm);
         validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "iat", "sub"];
         if let Some(iss) = &config.jwt_issuer {
             validation.set_issuer(&[iss]);
@@ -122,16 +124,20 @@ impl TokenKeys {
         if !typ_ok || data.claims.iat > now_seconds() + LEEWAY_SECONDS {
             return Err(ApiError::InvalidToken);
         }
-        let user_id = data
-            .claims
-            .sub
-            .parse()
-            .map_err(|_| ApiError::InvalidToken)?;
+        let user_id = canonical_user_id(&data.claims.sub).ok_or(ApiError::InvalidToken)?;
         Ok(AccessClaims {
             user_id,
             session_id: data.claims.sid,
         })
     }
+}
+
+/// The user id a `sub` claim names, when it is written exactly as [`TokenKeys::issue`] writes
+/// one: a positive id in canonical decimal. `"01"`, `"+1"`, `" 1"`, `"1.0"` and `"0"` are no
+/// user id, though `str::parse` would read some of them.
+fn canonical_user_id(sub: &str) -> Option<i64> {
+    let id: i64 = sub.parse().ok()?;
+    (id > 0 && id.to_string() == sub).then_some(id)
 }
 
 pub fn now_seconds() -> u64 {
@@ -252,6 +258,53 @@ mod tests {
         assert!(with.verify(&with.issue(1, "s").unwrap()).is_ok());
         assert!(with.verify(&without.issue(1, "s").unwrap()).is_err());
         assert!(with.verify(&other_iss.issue(1, "s").unwrap()).is_err());
+    }
+
+    /// A token of `k`'s header and key with the claims of a real one, `changes` applied.
+    fn resigned(k: &TokenKeys, changes: serde_json::Value) -> String {
+        let real = k.issue(7, "s1").unwrap();
+        let mut claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&real)
+            .unwrap()
+            .claims;
+        for (name, value) in changes.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        jsonwebtoken::encode(&k.header, &claims, &k.encoding).unwrap()
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let now = now_seconds();
+        assert!(k.verify(&resigned(&k, serde_json::json!({}))).is_ok());
+        for nbf in [now - 60, now, now + LEEWAY_SECONDS - 1] {
+            let token = resigned(&k, serde_json::json!({ "nbf": nbf }));
+            assert!(
+                k.verify(&token).is_ok(),
+                "nbf now{:+}",
+                nbf as i64 - now as i64
+            );
+        }
+        for nbf in [now + 60, now + 3600] {
+            let token = resigned(&k, serde_json::json!({ "nbf": nbf }));
+            assert!(k.verify(&token).is_err(), "nbf now+{}", nbf - now);
+        }
+        let token = resigned(&k, serde_json::json!({ "nbf": "soon" }));
+        assert!(k.verify(&token).is_err());
+    }
+
+    #[test]
+    fn sub_must_be_the_canonical_user_id() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let token = resigned(&k, serde_json::json!({ "sub": "7" }));
+        assert_eq!(k.verify(&token).unwrap().user_id, 7);
+        for sub in ["07", "+7", " 7", "7 ", "7.0", "0", "-7", "", "0x7"] {
+            let token = resigned(&k, serde_json::json!({ "sub": sub }));
+            assert!(k.verify(&token).is_err(), "{sub:?}");
+        }
+        let token = resigned(&k, serde_json::json!({ "sub": 7 }));
+        assert!(k.verify(&token).is_err(), "a number, not a string");
+        assert_eq!(canonical_user_id(&i64::MAX.to_string()), Some(i64::MAX));
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod binary;
 mod cors;
 mod errors;
 mod helpers;
+mod input;
 mod openapi;
 mod ops;
 mod security;
