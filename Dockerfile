@@ -22,7 +22,7 @@ RUN mkdir -p src \
  && rm -rf src
 
 # 2. The real crate: everything the context holds (see .dockerignore), so files compiled in with
-#    include_str! (schema.sql, assets/, openapi.json when present) are all there. The sources are
+#    include_str! (migrations/, schema.sql, assets/, openapi.json) are all there. The sources are
 #    touched so cargo never takes the stub build's output for them as up to date.
 COPY . .
 RUN find src -type f -exec touch {} + \

@@ -1,6 +1,6 @@
--- warp-auth-api database schema, version 1 (kept in PRAGMA user_version).
--- Applied at every start inside one transaction; every statement is idempotent. A later version
--- adds a migration step in src/store.rs and bumps SCHEMA_VERSION there.
+-- warp-auth-api database schema on SQLite, as the migrations under migrations/sqlite/ leave it
+-- (a test checks that the two agree). The database is made by the migrations, not by this file;
+-- it is here to be read. PostgreSQL's schema: migrations/postgres/.
 
 CREATE TABLE IF NOT EXISTS users (
     -- AUTOINCREMENT: ids are never reused, so a deleted user's token can never name a newer user.

@@ -5,13 +5,18 @@
 //! response, and anything it does not know into a 500 whose cause is logged.
 //! Causes of server-side failures are logged with the request's span (so with its request id) and
 //! never sent: the client gets a generic detail. No variant carries a submitted password.
+//!
+//! The reusable error responses of the OpenAPI document ([`BadRequest`], [`Unauthorized`], …)
+//! live here too, their examples made from the same variants and constants.
 
 use std::convert::Infallible;
 
 use serde::Serialize;
-use tokio_rusqlite::rusqlite::{self, ErrorCode};
-use utoipa::ToSchema;
+use utoipa::{ToResponse, ToSchema};
 use warp::Rejection;
+
+use crate::filters::{BODY_DEADLINE, BODY_LIMIT};
+use crate::store::StoreError;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
@@ -86,9 +91,9 @@ pub enum ApiError {
     EmailTaken,
     #[error("{0}")]
     Conflict(&'static str),
-    #[error("Request body is larger than 16 KiB")]
+    #[error("Request body is larger than {} KiB", BODY_LIMIT / 1024)]
     PayloadTooLarge,
-    #[error("The request body did not arrive within 10 seconds")]
+    #[error("The request body did not arrive within {} seconds", BODY_DEADLINE.as_secs())]
     RequestTimeout,
     #[error("{0}")]
     UnsupportedMediaType(&'static str),
@@ -110,34 +115,35 @@ pub enum ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(err: rusqlite::Error) -> Self {
-        match err.sqlite_error_code() {
-            Some(
-                ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::ReadOnly
-                | ErrorCode::CannotOpen
-                | ErrorCode::OutOfMemory,
-            ) => ApiError::Unavailable(err.to_string()),
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-                ApiError::Corrupt(err.to_string())
-            }
-            _ => ApiError::Internal(format!("database: {err}")),
+/// Store outcomes as HTTP errors: the one place where domain errors get a status.
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::EmailTaken => ApiError::EmailTaken,
+            StoreError::NotFound => ApiError::NotFound("No user with this id"),
+            StoreError::LastAdmin => ApiError::Conflict(LAST_ADMIN),
+            StoreError::NotAdmin => ApiError::Forbidden(NEEDS_ADMIN),
+            // The caller's own account is gone: its token is dead.
+            StoreError::ActorGone => ApiError::InvalidToken,
+            StoreError::PasswordChanged => ApiError::InvalidCredentials,
+            StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            StoreError::Corrupt(cause) => ApiError::Corrupt(cause),
+            StoreError::Internal(cause) => ApiError::Internal(format!("database: {cause}")),
         }
     }
 }
 
-impl From<tokio_rusqlite::Error<ApiError>> for ApiError {
-    fn from(err: tokio_rusqlite::Error<ApiError>) -> Self {
-        match err {
-            tokio_rusqlite::Error::Error(e) => e,
-            other => ApiError::Internal(format!("database connection: {other}")),
-        }
+/// Handlers use `?` on store calls directly.
+impl From<StoreError> for Rejection {
+    fn from(err: StoreError) -> Self {
+        ApiError::from(err).into()
     }
 }
+
+/// What is said when a change would leave no admin.
+pub const LAST_ADMIN: &str = "This is the last admin; promote another user first";
+/// What a member is told at an admin route.
+pub const NEEDS_ADMIN: &str = "This needs the admin role";
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -252,3 +258,99 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
     };
     Ok(response)
 }
+
+// The error responses of the OpenAPI document, one per status.
+
+/// Malformed JSON or query, a missing or mistyped field, or failed validation; `errors` names
+/// every bad field at once.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Bad Request", "status": 400,
+        "detail": "The request is not valid",
+        "errors": [{"field": "password", "message": "must be at least 8 characters"}]})
+)]
+pub struct BadRequest(pub Problem);
+
+/// Bad credentials, or a missing, malformed, expired, revoked or wrongly signed token.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"warp-auth-api\"`, plus `error=\"invalid_token\"` when a token was sent")),
+    example = json!({"type": "about:blank", "title": "Unauthorized", "status": 401, "detail": ApiError::InvalidToken.to_string()})
+)]
+pub struct Unauthorized(pub Problem);
+
+/// Authenticated, but the role does not allow this.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Forbidden", "status": 403, "detail": NEEDS_ADMIN})
+)]
+pub struct Forbidden(pub Problem);
+
+/// No such user.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": "No user with this id"})
+)]
+pub struct NotFound(pub Problem);
+
+/// The change conflicts with the current state (an email already registered, the last admin).
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Conflict", "status": 409, "detail": ApiError::EmailTaken.to_string()})
+)]
+pub struct Conflict(pub Problem);
+
+/// The body is over the size limit.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Payload Too Large", "status": 413, "detail": ApiError::PayloadTooLarge.to_string()})
+)]
+pub struct PayloadTooLarge(pub Problem);
+
+/// The body did not arrive within the body deadline after the headers.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Request Timeout", "status": 408, "detail": ApiError::RequestTimeout.to_string()})
+)]
+pub struct RequestTimeout(pub Problem);
+
+/// The body's content type is not one this operation reads.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Unsupported Media Type", "status": 415, "detail": "Send application/json"})
+)]
+pub struct UnsupportedMediaType(pub Problem);
+
+/// Too many failed logins for this account or from this address.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait")),
+    example = json!({"type": "about:blank", "title": "Too Many Requests", "status": 429, "detail": "Too many login attempts; try again in 30 seconds"})
+)]
+pub struct TooManyRequests(pub Problem);
+
+/// Overloaded (the password hashing queue is full) or the database is locked, full or failing.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait")),
+    example = json!({"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": ApiError::Unavailable(String::new()).to_string()})
+)]
+pub struct ServiceUnavailable(pub Problem);
+
+/// Something unexpected; the cause is logged with the request id, never sent.
+#[derive(ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    example = json!({"type": "about:blank", "title": "Internal Server Error", "status": 500, "detail": "Internal server error"})
+)]
+pub struct InternalError(pub Problem);

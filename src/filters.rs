@@ -242,7 +242,7 @@ pub fn with_admin(
             Ok(auth)
         } else {
             Err(Rejection::from(ApiError::Forbidden(
-                "This needs the admin role",
+                crate::error::NEEDS_ADMIN,
             )))
         }
     })

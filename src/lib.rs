@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod password;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
@@ -99,11 +100,7 @@ impl AppState {
         loop {
             tick.tick().await;
             self.throttle.purge();
-            match self
-                .store
-                .purge_expired_sessions(tokens::now_seconds(), routes::users::REFRESH_GRACE_SECONDS)
-                .await
-            {
+            match sessions::purge_expired(&self.store).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "could not remove expired sessions"),

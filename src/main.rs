@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use warp_auth_api::commands::CommandError;
 use warp_auth_api::config::{Config, SecretSource};
 use warp_auth_api::{AppState, app, commands, server, telemetry};
 
@@ -94,8 +95,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
-    telemetry::init(config.log_format, &config.rust_log).map_err(|e| e.to_string())?;
+async fn serve(config: Config) -> Result<(), CommandError> {
+    telemetry::init(config.log_format, &config.rust_log)
+        .map_err(|e| CommandError::Refused(format!("RUST_LOG: {e}")))?;
     if config.secret_source == SecretSource::Generated {
         tracing::warn!(
             "JWT_SECRET is not set: access tokens are signed with a random secret and stop \
@@ -105,12 +107,15 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let addr = config.addr();
     tracing::info!(database = %config.database, bcrypt_cost = config.bcrypt_cost, "starting");
-    let state = AppState::new(config).await.map_err(|e| e.to_string())?;
+    let state = AppState::new(config).await?;
     let store = state.store.clone();
     let housekeeping = tokio::spawn(state.clone().maintain());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr} (HOST/PORT): {e}"))?;
+        .map_err(|source| CommandError::Io {
+            context: format!("cannot listen on {addr} (HOST/PORT)"),
+            source,
+        })?;
     // PORT=0 picks a free port: the line below tells which.
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!("listening on http://{addr} (API docs at http://{addr}/docs)");
@@ -124,7 +129,7 @@ async fn serve(config: Config) -> Result<(), String> {
 }
 
 /// The container's health check: `GET /health/ready` on the configured port, with a deadline.
-async fn healthcheck(config: &Config) -> Result<(), String> {
+async fn healthcheck(config: &Config) -> Result<(), CommandError> {
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
 
@@ -140,50 +145,71 @@ async fn healthcheck(config: &Config) -> Result<(), String> {
     let ask = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|source| CommandError::Io {
+                context: format!("cannot connect to {addr}"),
+                source,
+            })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+            .map_err(|source| CommandError::Http {
+                context: format!("HTTP handshake with {addr}"),
+                source,
+            })?;
         tokio::spawn(connection);
         let request = hyper::Request::get("/health/ready")
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| CommandError::Refused(format!("the request: {e}")))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| format!("GET /health/ready: {e}"))?;
+            .map_err(|source| CommandError::Http {
+                context: "GET /health/ready".into(),
+                source,
+            })?;
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(format!("GET /health/ready answered {}", response.status()))
+            Err(CommandError::Refused(format!(
+                "GET /health/ready answered {}",
+                response.status()
+            )))
         }
     };
     tokio::time::timeout(std::time::Duration::from_secs(3), ask)
         .await
-        .map_err(|_| format!("no answer from {addr} within 3 s"))?
+        .map_err(|_| CommandError::Refused(format!("no answer from {addr} within 3 s")))?
 }
 
 /// `ADMIN_PASSWORD`, else one line of standard input (without echo at a terminal).
-fn read_admin_password() -> Result<String, String> {
+fn read_admin_password() -> Result<String, CommandError> {
     use std::io::{BufRead, IsTerminal};
 
     if let Ok(password) = std::env::var("ADMIN_PASSWORD") {
         return Ok(password);
     }
     let password = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password("Password for the new admin: ")
-            .map_err(|e| format!("cannot read the password: {e}"))?
+        rpassword::prompt_password("Password for the new admin: ").map_err(|source| {
+            CommandError::Io {
+                context: "cannot read the password".into(),
+                source,
+            }
+        })?
     } else {
         let mut line = String::new();
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            .map_err(|source| CommandError::Io {
+                context: "cannot read the password from standard input".into(),
+                source,
+            })?;
         line.trim_end_matches(['\n', '\r']).to_owned()
     };
     if password.is_empty() {
-        return Err("no password: set ADMIN_PASSWORD or write it to standard input".into());
+        return Err(CommandError::Refused(
+            "no password: set ADMIN_PASSWORD or write it to standard input".into(),
+        ));
     }
     Ok(password)
 }

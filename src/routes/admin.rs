@@ -11,11 +11,11 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::{ApiError, FieldError};
-use crate::filters::{Auth, allow, get, json_body, with_admin, with_db};
-use crate::openapi::{
+use crate::error::{
     BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, Unauthorized, UnsupportedMediaType,
 };
+use crate::filters::{Auth, allow, get, json_body, with_admin, with_db};
 use crate::routes::no_content;
 use crate::store::{Role, Store, User};
 use crate::validation::Rules;

@@ -8,9 +8,9 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::error::ServiceUnavailable;
 use crate::filters::{allow, get, with_db};
-use crate::openapi::ServiceUnavailable;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // GET /health
@@ -58,8 +58,9 @@ pub(crate) fn health() -> Response {
 )]
 pub(crate) async fn ready(store: Store) -> Result<Response, Rejection> {
     store.ping().await.map_err(|e| match e {
-        ApiError::Internal(cause) => ApiError::Unavailable(cause),
-        other => other,
+        // Not ready, whatever the reason: readiness answers 503, never 500.
+        StoreError::Internal(cause) => ApiError::Unavailable(cause),
+        other => other.into(),
     })?;
     Ok(warp::reply::json(&Status { status: "ok" }).into_response())
 }

@@ -13,21 +13,17 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::filters::{
-    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, get, json_body, with_auth, with_state,
-};
-use crate::openapi::{
+use crate::error::{
     BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
     TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
+use crate::filters::{
+    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, get, json_body, with_auth, with_state,
+};
 use crate::routes::no_content;
-use crate::store::{NewSession, Refresh, Role, Rotation, User};
-use crate::tokens::{self, RefreshToken};
+use crate::sessions::{self, TokenPair};
+use crate::store::{Role, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
-
-/// How long a just-spent refresh token still gets the live pair of its session (two tabs
-/// refreshing at once, a retry after a lost response).
-pub const REFRESH_GRACE_SECONDS: u64 = 10;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let users = warp::path!("api" / "v1" / "users" / ..);
@@ -413,7 +409,7 @@ async fn attempt_login(
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
     // wins, and this login gets 401 rather than a session that outlives it.
-    let token = start_session(&state, credentials.user_id, verified_hash)
+    let pair = sessions::start(&state, credentials.user_id, verified_hash)
         .await
         .inspect_err(|e| {
             if matches!(e, ApiError::InvalidCredentials) {
@@ -425,7 +421,7 @@ async fn attempt_login(
             }
         })?;
     tracing::info!(outcome = "success", user_id = credentials.user_id, "login");
-    Ok(token)
+    Ok(pair.into())
 }
 
 /// Exchange a refresh token for a new pair of the same session.
@@ -449,47 +445,8 @@ async fn attempt_login(
     )
 )]
 pub(crate) async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection> {
-    let presented = RefreshToken::parse(&body.refresh_token).ok_or(ApiError::InvalidToken)?;
-    let successor = RefreshToken::generate();
-    let outcome = state
-        .store
-        .refresh(Rotation {
-            presented: presented.hash,
-            successor: successor.hash,
-            sealed_successor: presented.seal(&successor),
-            now: tokens::now_seconds(),
-            grace_seconds: REFRESH_GRACE_SECONDS,
-        })
-        .await?;
-    let token = match outcome {
-        Refresh::Rotated {
-            user_id,
-            session_id,
-        } => token_pair(&state, user_id, &session_id, successor.token)?,
-        Refresh::Grace {
-            user_id,
-            session_id,
-            sealed_successor,
-        } => {
-            let live = presented.unseal(&sealed_successor).ok_or_else(|| {
-                ApiError::Internal("a sealed refresh token of the wrong size".into())
-            })?;
-            token_pair(&state, user_id, &session_id, live.token)?
-        }
-        Refresh::Reused {
-            user_id,
-            session_id,
-        } => {
-            tracing::warn!(
-                user_id,
-                session_id,
-                "a spent refresh token was presented again: session revoked"
-            );
-            return Err(ApiError::InvalidToken.into());
-        }
-        Refresh::Invalid => return Err(ApiError::InvalidToken.into()),
-    };
-    Ok(token_response(&token))
+    let pair = sessions::rotate(&state, &body.refresh_token).await?;
+    Ok(token_response(&pair.into()))
 }
 
 /// End this session: its access and refresh tokens stop working at once.
@@ -630,42 +587,15 @@ pub(crate) async fn change_password(
     Ok(no_content())
 }
 
-/// Creates a session for the user, if `verified_hash` is still its password hash, and returns
-/// its first token pair (else `InvalidCredentials`).
-async fn start_session(
-    state: &AppState,
-    user_id: i64,
-    verified_hash: String,
-) -> Result<Token, ApiError> {
-    let session_id = tokens::new_session_id();
-    let refresh = RefreshToken::generate();
-    let now = tokens::now_seconds();
-    state
-        .store
-        .create_session(NewSession {
-            id: &session_id,
-            user_id,
-            refresh_hash: &refresh.hash,
-            password_hash: verified_hash,
-            now,
-            expires_at: now + u64::from(state.config.refresh_token_days) * 86_400,
-        })
-        .await?;
-    token_pair(state, user_id, &session_id, refresh.token)
-}
-
-fn token_pair(
-    state: &AppState,
-    user_id: i64,
-    session_id: &str,
-    refresh_token: String,
-) -> Result<Token, ApiError> {
-    Ok(Token {
-        access_token: state.tokens.issue(user_id, session_id)?,
-        token_type: "bearer".into(),
-        expires_in: state.tokens.ttl_seconds(),
-        refresh_token,
-    })
+impl From<TokenPair> for Token {
+    fn from(pair: TokenPair) -> Self {
+        Token {
+            access_token: pair.access_token,
+            token_type: "bearer".into(),
+            expires_in: pair.expires_in,
+            refresh_token: pair.refresh_token,
+        }
+    }
 }
 
 /// A token response must not be cached by the browser or any proxy.

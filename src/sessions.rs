@@ -1,0 +1,116 @@
+//! Sessions: what a login starts, the token pair it answers with, and the rotation of refresh
+//! tokens with its grace window and reuse detection. Handlers call this; it calls the store.
+//!
+//! A session is one row in the store. An access token names it (`sid`) and is accepted only
+//! while the row exists, so ending a session, a password change or reuse detection revoke at
+//! once. A refresh token is 256 random bits, stored only as SHA-256; each use spends it.
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{NewSession, Refresh, Rotation, Store, StoreError};
+use crate::tokens::{self, RefreshToken};
+
+/// How long a just-spent refresh token still gets the live pair of its session (two tabs
+/// refreshing at once, a retry after a lost response).
+pub const REFRESH_GRACE_SECONDS: u64 = 10;
+
+/// A new access token and the session's live refresh token.
+#[derive(Debug)]
+pub struct TokenPair {
+    pub access_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// Starts a session for the user, if `verified_hash` is still its password hash (else
+/// `InvalidCredentials`: a password change won the race with this login), and returns its first
+/// pair.
+pub async fn start(
+    state: &AppState,
+    user_id: i64,
+    verified_hash: String,
+) -> Result<TokenPair, ApiError> {
+    let session_id = tokens::new_session_id();
+    let refresh = RefreshToken::generate();
+    let now = tokens::now_seconds();
+    state
+        .store
+        .create_session(NewSession {
+            id: &session_id,
+            user_id,
+            refresh_hash: &refresh.hash,
+            password_hash: verified_hash,
+            now,
+            expires_at: now + u64::from(state.config.refresh_token_days) * 86_400,
+        })
+        .await?;
+    pair(state, user_id, &session_id, refresh.token)
+}
+
+/// Exchanges a presented refresh token for a new pair of the same session. A spent token
+/// presented again revokes its session, except within [`REFRESH_GRACE_SECONDS`] of its use, when
+/// it gets the live pair again.
+pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiError> {
+    let presented = RefreshToken::parse(presented).ok_or(ApiError::InvalidToken)?;
+    let successor = RefreshToken::generate();
+    let outcome = state
+        .store
+        .refresh(Rotation {
+            presented: presented.hash,
+            successor: successor.hash,
+            sealed_successor: presented.seal(&successor),
+            now: tokens::now_seconds(),
+            grace_seconds: REFRESH_GRACE_SECONDS,
+        })
+        .await?;
+    match outcome {
+        Refresh::Rotated {
+            user_id,
+            session_id,
+        } => pair(state, user_id, &session_id, successor.token),
+        Refresh::Grace {
+            user_id,
+            session_id,
+            sealed_successor,
+        } => {
+            let live = presented.unseal(&sealed_successor).ok_or_else(|| {
+                ApiError::Internal("a sealed refresh token of the wrong size".into())
+            })?;
+            pair(state, user_id, &session_id, live.token)
+        }
+        Refresh::Reused {
+            user_id,
+            session_id,
+        } => {
+            tracing::warn!(
+                user_id,
+                session_id,
+                "a spent refresh token was presented again: session revoked"
+            );
+            Err(ApiError::InvalidToken)
+        }
+        Refresh::Invalid => Err(ApiError::InvalidToken),
+    }
+}
+
+/// Housekeeping: sessions past their end go, and sealed successors past their grace window are
+/// forgotten. How many sessions went.
+pub async fn purge_expired(store: &Store) -> Result<usize, StoreError> {
+    store
+        .purge_expired_sessions(tokens::now_seconds(), REFRESH_GRACE_SECONDS)
+        .await
+}
+
+fn pair(
+    state: &AppState,
+    user_id: i64,
+    session_id: &str,
+    refresh_token: String,
+) -> Result<TokenPair, ApiError> {
+    Ok(TokenPair {
+        access_token: state.tokens.issue(user_id, session_id)?,
+        expires_in: state.tokens.ttl_seconds(),
+        refresh_token,
+    })
+}

@@ -1,0 +1,323 @@
+//! The store: every read and write of the service's data, behind one interface with two
+//! implementations, SQLite ([`sqlite`], the default: one process) and PostgreSQL
+//! ([`postgres`]: any number of replicas on one database). Only these modules hold SQL.
+//!
+//! [`Store`] is an enum over the two rather than a trait object: the set of backends is closed,
+//! calls need no boxed futures (`/me` makes one per request), and handlers see one concrete type.
+//! Each backend returns [`StoreError`], domain outcomes (`EmailTaken`, `LastAdmin`, …) and the
+//! database's state (`Busy`, `Unavailable`, `Corrupt`), which `error.rs` maps to HTTP statuses
+//! in one `From`.
+
+pub mod sqlite;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::config::DatabaseLocation;
+
+/// What a store operation can fail with, besides its own result.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The email (in any case) already has an account.
+    #[error("email already registered")]
+    EmailTaken,
+    /// No user with this id.
+    #[error("no such user")]
+    NotFound,
+    /// The change would leave no admin.
+    #[error("the last admin")]
+    LastAdmin,
+    /// The admin acting is no longer an admin (demoted meanwhile).
+    #[error("the actor is not an admin")]
+    NotAdmin,
+    /// The user acting no longer exists (deleted meanwhile).
+    #[error("the actor no longer exists")]
+    ActorGone,
+    /// The user's password (or the user) changed since it was checked.
+    #[error("the password changed since it was checked")]
+    PasswordChanged,
+    /// Locked, full, read-only or unreachable: a passing condition.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database file is damaged.
+    #[error("database damaged: {0}")]
+    Corrupt(String),
+    /// Anything else (a bug, a schema the code does not expect).
+    #[error("database: {0}")]
+    Internal(String),
+}
+
+/// A user's role; read on every request, so a change applies to live tokens at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Member,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a database column holds.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A user as the API shows it (never with its password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z"}))]
+pub struct User {
+    #[schema(example = 1)]
+    pub id: i64,
+    #[schema(example = "alice@example.com")]
+    pub email: String,
+    /// Null when not given.
+    #[schema(example = "Alice", required = true)]
+    pub full_name: Option<String>,
+    pub role: Role,
+    /// RFC 3339, UTC.
+    #[schema(example = "2026-01-01T12:00:00Z")]
+    pub created_at: String,
+}
+
+/// What login needs to check a password.
+#[derive(Debug)]
+pub struct Credentials {
+    pub user_id: i64,
+    pub password_hash: String,
+}
+
+/// A new session: its id, its user, the hash of its first refresh token and its end.
+#[derive(Debug)]
+pub struct NewSession<'a> {
+    pub id: &'a str,
+    pub user_id: i64,
+    pub refresh_hash: &'a [u8; 32],
+    /// The password hash the login verified: the session is made only while it is still the
+    /// user's.
+    pub password_hash: String,
+    pub now: u64,
+    pub expires_at: u64,
+}
+
+/// Why the database could not be opened at start: what was being done, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {cause}")]
+pub struct OpenError {
+    context: String,
+    cause: String,
+}
+
+impl OpenError {
+    pub(crate) fn new(context: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        Self {
+            context: context.into(),
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The live token of a session: it is now spent and the new one is live.
+    Rotated { user_id: i64, session_id: String },
+    /// The token spent last, again within the grace window: the live token, sealed under it.
+    Grace {
+        user_id: i64,
+        session_id: String,
+        sealed_successor: Vec<u8>,
+    },
+    /// A spent token outside the grace window: its session has been revoked.
+    Reused { user_id: i64, session_id: String },
+    /// Unknown, or its session has ended.
+    Invalid,
+}
+
+/// A rotation to attempt: the presented token's hash, its successor's, and the sealed successor.
+#[derive(Debug)]
+pub struct Rotation {
+    pub presented: [u8; 32],
+    pub successor: [u8; 32],
+    pub sealed_successor: [u8; 32],
+    pub now: u64,
+    pub grace_seconds: u64,
+}
+
+/// One page of users, ordered by id.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<User>,
+    pub total: i64,
+}
+
+/// The database handle handlers use. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database `location` names, creating and migrating it as needed.
+    pub async fn open(location: &DatabaseLocation) -> Result<Self, OpenError> {
+        Ok(Store::Sqlite(sqlite::SqliteStore::open(location).await?))
+    }
+
+    /// Closes the database (at shutdown). Later calls fail.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        dispatch!(self.close())
+    }
+
+    /// Answers when the database answers a query that reads its tables (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self.ping())
+    }
+
+    // Users.
+
+    pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
+        dispatch!(self.email_exists(email))
+    }
+
+    /// Inserts a user; an email already present (in any case) is `EmailTaken`, also when two
+    /// registrations race: the database's unique index decides.
+    pub async fn create_user(
+        &self,
+        email: String,
+        full_name: Option<String>,
+        password_hash: String,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        dispatch!(self.create_user(email, full_name, password_hash, role))
+    }
+
+    pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
+        dispatch!(self.credentials(email))
+    }
+
+    /// Replaces a hash made with another cost (after a good login), leaving sessions alone.
+    /// `false` when the stored hash is no longer `old` (the password changed meanwhile).
+    pub async fn rehash_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.rehash_password(user_id, old, new))
+    }
+
+    pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        dispatch!(self.password_hash(user_id))
+    }
+
+    /// Sets a new password and ends every session of the user, in one transaction. `false` when
+    /// the stored hash is no longer `old` (a concurrent change won).
+    pub async fn change_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.change_password(user_id, old, new))
+    }
+
+    /// Sets (or clears, with `None`) the user's full name; the user as stored afterwards.
+    pub async fn set_full_name(
+        &self,
+        user_id: i64,
+        full_name: Option<String>,
+    ) -> Result<Option<User>, StoreError> {
+        dispatch!(self.set_full_name(user_id, full_name))
+    }
+
+    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, StoreError> {
+        dispatch!(self.list_users(limit, offset))
+    }
+
+    pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, StoreError> {
+        dispatch!(self.find_user_by_email(email))
+    }
+
+    /// Sets a user's role, as the admin `actor_id`, whose own role is read in the transaction
+    /// that writes (`NotAdmin` if it was demoted meanwhile). Demoting the last admin is
+    /// `LastAdmin`, decided in that transaction too, so two admins demoting each other at once
+    /// cannot leave none.
+    pub async fn set_role(
+        &self,
+        actor_id: i64,
+        user_id: i64,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        dispatch!(self.set_role(actor_id, user_id, role))
+    }
+
+    /// Makes a user an admin (the `create-admin` command: the operator needs no role).
+    pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
+        dispatch!(self.promote(user_id))
+    }
+
+    /// Deletes a user and its sessions: the user itself when `actor_id` is `None`, else as that
+    /// admin (checked as in `set_role`). Unknown is `NotFound`; the last admin is `LastAdmin`.
+    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
+        dispatch!(self.delete_user(actor_id, user_id))
+    }
+
+    // Sessions.
+
+    /// Creates a session for a user that still exists and still has the password hash the login
+    /// verified (else `PasswordChanged`), in one statement.
+    pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), StoreError> {
+        dispatch!(self.create_session(s))
+    }
+
+    /// The user of a live session: the check behind every authenticated request.
+    pub async fn session_user(
+        &self,
+        session_id: String,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Option<User>, StoreError> {
+        dispatch!(self.session_user(session_id, user_id, now))
+    }
+
+    /// Exchanges a refresh token in one transaction, so that two racing exchanges of one token
+    /// are serialised: the first rotates, the second finds a just-spent token (grace) and never
+    /// starts a second chain. Reuse after the grace window deletes the session.
+    pub async fn refresh(&self, r: Rotation) -> Result<Refresh, StoreError> {
+        dispatch!(self.refresh(r))
+    }
+
+    /// Ends one session (logout): its access and refresh tokens stop working at once.
+    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
+        dispatch!(self.delete_session(session_id))
+    }
+
+    /// Housekeeping: deletes sessions past their end and forgets sealed successors whose grace
+    /// window is over. How many sessions went.
+    pub async fn purge_expired_sessions(
+        &self,
+        now: u64,
+        grace_seconds: u64,
+    ) -> Result<usize, StoreError> {
+        dispatch!(self.purge_expired_sessions(now, grace_seconds))
+    }
+}

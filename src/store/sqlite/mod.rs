@@ -1,0 +1,348 @@
+//! SQLite: the default backend, for one process.
+//!
+//! WAL mode with foreign keys on, a busy timeout and `synchronous = FULL` (a commit that has been
+//! answered survives a power cut); one connection for writes and two for reads, each on a thread
+//! of its own (tokio-rusqlite), so reads never wait behind a write that waits for a lock. The
+//! migrations under `migrations/sqlite/` are applied at start; the version is kept in
+//! `PRAGMA user_version` and checked, so an older binary refuses a newer database.
+
+mod sessions;
+mod users;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio_rusqlite::Connection;
+use tokio_rusqlite::rusqlite::{self, ErrorCode, Row, TransactionBehavior};
+
+use super::{OpenError, Role, StoreError, User};
+use crate::config::DatabaseLocation;
+
+/// The migrations, in order: version N is the N-th. `PRAGMA user_version` holds the version a
+/// database is at; each start applies the ones after it, in one transaction.
+const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_initial.sql")];
+/// The schema version this program makes and reads.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+/// How long a statement waits for another connection's lock before the request gets 503. Short:
+/// writes queue behind each other on the writer's thread, and each would wait this long.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A user from the columns `u.id, u.email, u.full_name, u.role, u.created_at`, in this order.
+/// (Each query writes them out, so its SQL is a constant, not formatted on every call.)
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: row.get(0)?,
+        email: row.get(1)?,
+        full_name: row.get(2)?,
+        role: role_from_db(&row.get::<_, String>(3)?)?,
+        created_at: row.get(4)?,
+    })
+}
+
+pub(super) fn role_from_db(s: &str) -> rusqlite::Result<Role> {
+    Role::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown role {s:?}").into(),
+        )
+    })
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::ReadOnly
+                | ErrorCode::CannotOpen
+                | ErrorCode::OutOfMemory,
+            ) => StoreError::Unavailable(err.to_string()),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                StoreError::Corrupt(err.to_string())
+            }
+            _ => StoreError::Internal(err.to_string()),
+        }
+    }
+}
+
+impl From<tokio_rusqlite::Error<StoreError>> for StoreError {
+    fn from(err: tokio_rusqlite::Error<StoreError>) -> Self {
+        match err {
+            tokio_rusqlite::Error::Error(e) => e,
+            other => StoreError::Internal(format!("connection thread: {other}")),
+        }
+    }
+}
+
+pub(super) fn is_unique_violation(err: &rusqlite::Error) -> bool {
+    matches!(
+        err,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// The database handle: one connection for writes and a few for reads, each on a thread of its
+/// own. In WAL mode reads never wait for a write, so `/me` and readiness keep answering while a
+/// write waits on a lock (another process's, say). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: Connection,
+    readers: Arc<[Connection]>,
+    next_reader: Arc<AtomicUsize>,
+}
+
+/// Read connections of a file database.
+const READERS: usize = 2;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database, sets it up and applies the migrations.
+    pub async fn open(location: &DatabaseLocation) -> Result<Self, OpenError> {
+        let location_text = location.to_string();
+        let failed = |e: tokio_rusqlite::Error<String>| match e {
+            tokio_rusqlite::Error::Error(msg) => {
+                OpenError::new(format!("database at {location_text}"), msg)
+            }
+            other => OpenError::new(format!("database at {location_text}"), other),
+        };
+        let cannot_open = |e: rusqlite::Error| {
+            OpenError::new(format!("cannot open the database at {location}"), e)
+        };
+        let (writer, readers) = match location {
+            DatabaseLocation::Memory => {
+                // One in-memory database is one connection: it reads and writes.
+                let conn = Connection::open_in_memory().await.map_err(cannot_open)?;
+                conn.call(|c| configure(c).and_then(|()| migrate(c)))
+                    .await
+                    .map_err(failed)?;
+                (conn.clone(), vec![conn])
+            }
+            DatabaseLocation::File(path) => {
+                create_private(path).map_err(|e| {
+                    OpenError::new(format!("cannot create the database at {location}"), e)
+                })?;
+                make_private(path).map_err(|e| {
+                    OpenError::new(
+                        format!("cannot make the database at {location} private to its owner"),
+                        e,
+                    )
+                })?;
+                let writer = Connection::open(path).await.map_err(cannot_open)?;
+                writer
+                    .call(|c| configure(c).and_then(|()| migrate(c)))
+                    .await
+                    .map_err(failed)?;
+                let mut readers = Vec::with_capacity(READERS);
+                for _ in 0..READERS {
+                    let reader = Connection::open(path).await.map_err(cannot_open)?;
+                    reader
+                        .call(|c| {
+                            configure(c)?;
+                            c.pragma_update(None, "query_only", true)
+                                .map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(failed)?;
+                    readers.push(reader);
+                }
+                (writer, readers)
+            }
+        };
+        Ok(Self {
+            writer,
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Runs a write on the writer's thread.
+    pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        Ok(self.writer.call(f).await?)
+    }
+
+    /// Runs a read on one of the readers' threads, in turn.
+    pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        Ok(self.readers[i].call(f).await?)
+    }
+
+    /// Closes every connection (at shutdown: the WAL is checkpointed). Later calls fail.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        for reader in self.readers.iter() {
+            // A memory database's reader is the writer, closed below.
+            let _ = reader.clone().close().await;
+        }
+        self.writer
+            .clone()
+            .close()
+            .await
+            .map_err(|e| StoreError::Internal(format!("closing the database: {e}")))
+    }
+
+    /// Answers when the database does (readiness): a read of each table's first rows, through
+    /// the index the login uses, so that a damaged file fails here as it fails for requests
+    /// (reading only the schema would not notice). Cheap: a few pages, whatever the size.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT (SELECT max(id) FROM users),
+                        (SELECT email FROM users ORDER BY email LIMIT 1),
+                        (SELECT max(expires_at) FROM sessions),
+                        (SELECT count(*) FROM (SELECT 1 FROM sessions LIMIT 1)),
+                        (SELECT count(*) FROM (SELECT 1 FROM spent_refresh_tokens LIMIT 1))",
+            )?
+            .query_row([], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+pub(super) fn to_i64(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+/// Creates the database file readable by its owner only (it holds password hashes); SQLite
+/// gives its -wal and -shm files the same mode.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the database file and its `-wal` and `-shm` files, where they exist, readable and
+/// writable by their owner only, when they were found looser (a file copied in, or made by an
+/// older release); each change is logged.
+fn make_private(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(name.into());
+        }
+        for file in files {
+            let mode = match std::fs::metadata(&file) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if mode & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                tracing::warn!(
+                    file = %file.display(),
+                    was = format!("{mode:04o}"),
+                    "the database file was open to other users; it is now 0600 (owner only)"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn configure(c: &mut rusqlite::Connection) -> Result<(), String> {
+    c.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    // In memory the journal mode stays "memory"; on disk it must become WAL.
+    let mode: String = c
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if mode != "wal" && mode != "memory" {
+        return Err(format!("cannot switch to WAL journal mode (got {mode})"));
+    }
+    c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+        .map_err(|e| e.to_string())
+}
+
+fn migrate(c: &mut rusqlite::Connection) -> Result<(), String> {
+    let tx = c
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "its schema version is {version}, newer than this program's {SCHEMA_VERSION}; run a newer warp-auth-api"
+        ));
+    }
+    if version == 0 {
+        let tables: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        if tables > 0 {
+            return Err(
+                "it holds tables that warp-auth-api did not create (a database of another \
+                 program?); point DATABASE_URL at a new file"
+                    .into(),
+            );
+        }
+    }
+    let start = usize::try_from(version).unwrap_or(0);
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(start) {
+        tx.execute_batch(migration)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(c: &rusqlite::Connection) -> Vec<(String, String, Option<String>)> {
+        let mut stmt = c
+            .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_migrations_make_the_schema_that_schema_sql_shows() {
+        let mut migrated = rusqlite::Connection::open_in_memory().unwrap();
+        migrate(&mut migrated).unwrap();
+        let described = rusqlite::Connection::open_in_memory().unwrap();
+        described
+            .execute_batch(include_str!("../../../schema.sql"))
+            .unwrap();
+        assert_eq!(objects(&migrated), objects(&described));
+        let version: i64 = migrated
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Applying them again changes nothing.
+        migrate(&mut migrated).unwrap();
+    }
+}

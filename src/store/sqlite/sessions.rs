@@ -1,0 +1,182 @@
+//! Sessions on SQLite: creating them, the check behind every request, refresh-token rotation with
+//! its grace window and reuse detection, and housekeeping.
+
+use tokio_rusqlite::rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::{SqliteStore, to_i64, user_from_row};
+use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
+
+/// The session whose previous refresh token was presented.
+struct Rotated {
+    session_id: String,
+    user_id: i64,
+    sealed_successor: Option<Vec<u8>>,
+    rotated_at: Option<i64>,
+    expires_at: i64,
+}
+
+/// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
+const SPENT_KEPT: i64 = 64;
+
+impl SqliteStore {
+    pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), StoreError> {
+        let (id, user_id, hash, password_hash, now, expires_at) = (
+            s.id.to_owned(),
+            s.user_id,
+            s.refresh_hash.to_vec(),
+            s.password_hash,
+            to_i64(s.now),
+            to_i64(s.expires_at),
+        );
+        self.write(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
+                     SELECT ?1, id, ?3, ?4, ?5 FROM users WHERE id = ?2 AND password_hash = ?6",
+                )?
+                .execute(params![id, user_id, hash, now, expires_at, password_hash])?;
+            if inserted == 0 {
+                // The user was deleted, or its password changed, since the check.
+                return Err(StoreError::PasswordChanged);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The user of a live session: the check behind every authenticated request.
+    pub async fn session_user(
+        &self,
+        session_id: String,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Option<User>, StoreError> {
+        let now = to_i64(now);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3",
+            )?;
+            Ok(stmt
+                .query_row(params![session_id, user_id, now], user_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Exchanges a refresh token, in one transaction, so that two racing exchanges of one token
+    /// are serialised: the first rotates, the second finds a just-spent token (grace) and never
+    /// starts a second chain. Reuse after the grace window deletes the session (and so every
+    /// access and refresh token of it).
+    pub async fn refresh(&self, r: Rotation) -> Result<Refresh, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = to_i64(r.now);
+            let presented = &r.presented[..];
+            let live: Option<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, user_id FROM sessions WHERE refresh_hash = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![presented, now], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if let Some((session_id, user_id)) = live {
+                tx.prepare_cached(
+                    "UPDATE sessions SET refresh_hash = ?1, prev_hash = ?2, prev_successor = ?3, rotated_at = ?4
+                     WHERE id = ?5",
+                )?
+                .execute(params![&r.successor[..], presented, &r.sealed_successor[..], now, session_id])?;
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![presented, session_id, now])?;
+                tx.prepare_cached(
+                    "DELETE FROM spent_refresh_tokens WHERE session_id = ?1 AND hash NOT IN
+                     (SELECT hash FROM spent_refresh_tokens WHERE session_id = ?1
+                      ORDER BY spent_at DESC LIMIT ?2)",
+                )?
+                .execute(params![session_id, SPENT_KEPT])?;
+                tx.commit()?;
+                return Ok(Refresh::Rotated { user_id, session_id });
+            }
+
+            let previous = tx
+                .prepare_cached(
+                    "SELECT id, user_id, prev_successor, rotated_at, expires_at FROM sessions WHERE prev_hash = ?1",
+                )?
+                .query_row(params![presented], |row| {
+                    Ok(Rotated {
+                        session_id: row.get(0)?,
+                        user_id: row.get(1)?,
+                        sealed_successor: row.get(2)?,
+                        rotated_at: row.get(3)?,
+                        expires_at: row.get(4)?,
+                    })
+                })
+                .optional()?;
+            let in_grace = |p: &Rotated| {
+                p.rotated_at.is_some_and(|at| now - at <= to_i64(r.grace_seconds))
+                    && p.expires_at > now
+                    && p.sealed_successor.is_some()
+            };
+            let spent_by = match previous {
+                Some(p) if in_grace(&p) => {
+                    return Ok(Refresh::Grace {
+                        user_id: p.user_id,
+                        session_id: p.session_id,
+                        sealed_successor: p.sealed_successor.unwrap_or_default(),
+                    });
+                }
+                Some(p) => Some((p.session_id, p.user_id)),
+                None => tx
+                    .prepare_cached(
+                        "SELECT s.id, s.user_id FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id
+                         WHERE t.hash = ?1",
+                    )?
+                    .query_row(params![presented], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?,
+            };
+            match spent_by {
+                Some((session_id, user_id)) => {
+                    tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                        .execute(params![session_id])?;
+                    tx.commit()?;
+                    Ok(Refresh::Reused { user_id, session_id })
+                }
+                None => Ok(Refresh::Invalid),
+            }
+        })
+        .await
+    }
+
+    /// Ends one session (logout): its access and refresh tokens stop working at once.
+    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                .execute(params![session_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn purge_expired_sessions(
+        &self,
+        now: u64,
+        grace_seconds: u64,
+    ) -> Result<usize, StoreError> {
+        let (now, grace) = (to_i64(now), to_i64(grace_seconds));
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let expired = tx
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute(params![now])?;
+            tx.prepare_cached(
+                "UPDATE sessions SET prev_successor = NULL
+                 WHERE prev_successor IS NOT NULL AND rotated_at < ?1",
+            )?
+            .execute(params![now - grace])?;
+            tx.commit()?;
+            Ok(expired)
+        })
+        .await
+    }
+}
