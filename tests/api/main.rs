@@ -9,6 +9,7 @@ mod helpers;
 mod input;
 mod openapi;
 mod ops;
+mod pg;
 mod security;
 mod server;
 mod sessions;
