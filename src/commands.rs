@@ -88,7 +88,7 @@ pub async fn create_admin(
     let email = validation::normalized_email(email);
     validation::valid_email(&email)
         .map_err(|e| CommandError::Refused(format!("--email {}", message(&e))))?;
-    let store = Store::open(&config.database).await?;
+    let store = Store::open(&config.database, 1).await?;
     let result = make_admin(config, &store, email, existing, read_password).await;
     let _ = store.close().await;
     result

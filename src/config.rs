@@ -46,6 +46,7 @@ struct RawConfig {
     access_token_expire_minutes: Option<i64>,
     refresh_token_expire_days: Option<i64>,
     database_url: Option<String>,
+    database_max_connections: Option<i64>,
     host: Option<String>,
     port: Option<u16>,
     password_min_length: Option<i64>,
@@ -56,19 +57,95 @@ struct RawConfig {
     login_max_failures: Option<i64>,
 }
 
-/// Where the SQLite database lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the database lives: a SQLite file or memory, or a PostgreSQL server.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
     File(PathBuf),
     Memory,
+    /// Boxed: the driver's settings are large, and a location is made once.
+    Postgres(Box<PostgresLocation>),
+}
+
+/// A PostgreSQL URL, parsed. Shown (in logs, messages, `Debug`) without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresLocation {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl PostgresLocation {
+    /// `postgres://user:password@host:port/database?sslmode=…` (also `postgresql://`).
+    fn parse(url: &str) -> Result<Self, String> {
+        let config: tokio_postgres::Config = url.parse().map_err(|_| {
+            // The parser's message may quote the URL, password included: say it in our words.
+            "is not a valid PostgreSQL URL; expected \
+             postgres://USER:PASSWORD@HOST:PORT/DATABASE, optionally with ?sslmode=disable, \
+             prefer or require"
+                .to_owned()
+        })?;
+        if config.get_hosts().is_empty() {
+            return Err("names no PostgreSQL host (postgres://USER:PASSWORD@HOST/DATABASE)".into());
+        }
+        if config.get_dbname().is_none() {
+            return Err("names no database (postgres://USER:PASSWORD@HOST/DATABASE)".into());
+        }
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let shown = format!(
+            "postgres://{}@{}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            hosts.join(","),
+            config.get_dbname().unwrap_or(""),
+        );
+        Ok(Self { config, shown })
+    }
+
+    /// The connection settings, password included (for the driver only).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}
+
+impl fmt::Display for PostgresLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for PostgresLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Memory => f.write_str("Memory"),
+            Self::Postgres(pg) => f.debug_tuple("Postgres").field(pg).finish(),
+        }
+    }
 }
 
 impl DatabaseLocation {
-    /// Parses the tutorial's SQLAlchemy-style URL, `sqlite://path`, a plain path or `sqlite::memory:`.
+    /// Parses the tutorial's SQLAlchemy-style URL, `sqlite://path`, a plain path,
+    /// `sqlite::memory:`, or a `postgres://` / `postgresql://` URL.
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = url.trim();
         if url.is_empty() {
             return Err("is empty".into());
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return PostgresLocation::parse(url).map(|pg| Self::Postgres(Box::new(pg)));
         }
         if url == "sqlite::memory:" || url == "sqlite://:memory:" || url == "sqlite:///:memory:" {
             return Ok(Self::Memory);
@@ -83,7 +160,7 @@ impl DatabaseLocation {
             rest
         } else if let Some(scheme) = scheme_of(url) {
             return Err(format!(
-                "uses an unsupported scheme (only SQLite is supported): {scheme}"
+                "uses an unsupported scheme {scheme:?}: use sqlite:///PATH, postgres:// or postgresql://"
             ));
         } else {
             url
@@ -114,6 +191,7 @@ impl fmt::Display for DatabaseLocation {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Memory => f.write_str(":memory:"),
+            Self::Postgres(pg) => fmt::Display::fmt(pg, f),
         }
     }
 }
@@ -142,6 +220,8 @@ pub struct Config {
     pub access_token_minutes: u32,
     pub refresh_token_days: u32,
     pub database: DatabaseLocation,
+    /// PostgreSQL's pool size per replica.
+    pub database_max_connections: usize,
     pub host: IpAddr,
     pub port: u16,
     pub password_min_length: usize,
@@ -164,6 +244,7 @@ impl fmt::Debug for Config {
             .field("access_token_minutes", &self.access_token_minutes)
             .field("refresh_token_days", &self.refresh_token_days)
             .field("database", &self.database)
+            .field("database_max_connections", &self.database_max_connections)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("password_min_length", &self.password_min_length)
@@ -299,6 +380,14 @@ impl Config {
             DatabaseLocation::parse(raw.database_url.as_deref().unwrap_or("sqlite:///./app.db"))
                 .map_err(|why| bad("DATABASE_URL", why))?;
 
+        let database_max_connections = in_range(
+            "DATABASE_MAX_CONNECTIONS",
+            raw.database_max_connections,
+            16,
+            1,
+            1000,
+        )? as usize;
+
         let host = match raw.host.as_deref().map(str::trim) {
             None => IpAddr::V4(Ipv4Addr::LOCALHOST),
             Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -367,6 +456,7 @@ impl Config {
             access_token_minutes,
             refresh_token_days,
             database,
+            database_max_connections,
             host,
             port,
             password_min_length,
@@ -449,7 +539,16 @@ mod tests {
             Ok(DatabaseLocation::File("/tmp/x.db".into()))
         );
         assert_eq!(p("sqlite::memory:"), Ok(DatabaseLocation::Memory));
-        assert!(p("postgres://localhost/db").is_err());
+        let pg = p("postgres://app:s3cret@db.internal:5433/auth?sslmode=require").unwrap();
+        assert_eq!(pg.to_string(), "postgres://app@db.internal:5433/auth");
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        assert!(matches!(
+            p("postgresql://app@localhost/auth"),
+            Ok(DatabaseLocation::Postgres(_))
+        ));
+        assert!(p("postgres://app:pw@localhost").is_err(), "no database");
+        let refused = p("postgres://app:s3cret@localhost/db?sslmode=sometimes").unwrap_err();
+        assert!(!refused.contains("s3cret"), "{refused}");
         assert!(p("postgresql:x").is_err());
         assert!(p("file:x.db").is_err());
         assert_eq!(

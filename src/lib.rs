@@ -29,7 +29,7 @@ use warp::{Filter, Reply};
 use crate::config::Config;
 use crate::password::PasswordHasher;
 use crate::store::Store;
-use crate::throttle::LoginThrottle;
+use crate::throttle::Throttle;
 use crate::tokens::TokenKeys;
 use crate::validation::Rules;
 
@@ -45,7 +45,7 @@ pub struct State {
     pub tokens: TokenKeys,
     pub hasher: PasswordHasher,
     pub rules: Arc<Rules>,
-    pub throttle: LoginThrottle,
+    pub throttle: Throttle,
 }
 
 impl std::ops::Deref for AppState {
@@ -68,7 +68,7 @@ pub enum StartError {
 impl AppState {
     /// Opens the database, starts the hashing pool and prepares the signing keys.
     pub async fn new(config: Config) -> Result<Self, StartError> {
-        let store = Store::open(&config.database).await?;
+        let store = Store::open(&config.database, config.database_max_connections).await?;
         let hasher = PasswordHasher::with_cpu_count(config.bcrypt_cost)?;
         Self::with_parts(config, store, hasher)
     }
@@ -84,7 +84,7 @@ impl AppState {
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
             }),
-            throttle: LoginThrottle::new(config.login_max_failures, throttle::DEFAULT_CAPACITY),
+            throttle: Throttle::for_store(&store, config.login_max_failures),
             config,
             store,
             hasher,
@@ -99,7 +99,7 @@ impl AppState {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            self.throttle.purge();
+            self.throttle.purge().await;
             match sessions::purge_expired(&self.store).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),

@@ -7,6 +7,11 @@
 //! Attempts still being checked count as failures until they end, so a burst sent in parallel
 //! gets no more guesses than the same attempts sent one by one.
 //!
+//! With several replicas on PostgreSQL the counts live in the database instead ([`Throttle::Shared`],
+//! `store::postgres::throttle`), with the same rules: attempts are counted up front there, by one
+//! atomic upsert per key, and refunded when the password was right, so N replicas give an
+//! attacker no more attempts than one.
+//!
 //! `governor` was considered: its GCRA quota can neither grow the wait with each failure nor be
 //! cleared by a success, which the contract asks for. This structure is small and tested instead.
 //! Memory is bounded: idle entries are evicted, and a table at its capacity sheds its least
@@ -23,7 +28,7 @@ use crate::error::ApiError;
 /// Failures are forgotten after this long without one.
 pub const WINDOW: Duration = Duration::from_secs(15 * 60);
 /// The first block; each further failure doubles it, up to `WINDOW`.
-const BASE_BLOCK: Duration = Duration::from_secs(30);
+pub const BASE_BLOCK: Duration = Duration::from_secs(30);
 /// Entries per table (accounts, addresses) before the table sheds.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
@@ -290,6 +295,167 @@ impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         if !self.ended {
             self.throttle.end(&self.account, self.addr, false);
+        }
+    }
+}
+
+/// The login throttle the service uses: this process's memory (SQLite: one process), or the
+/// database, shared by every replica (PostgreSQL).
+pub enum Throttle {
+    Local(LoginThrottle),
+    Shared(SharedThrottle),
+}
+
+/// The throttle's counts in PostgreSQL.
+pub struct SharedThrottle {
+    store: crate::store::postgres::PostgresStore,
+    max_failures: u32,
+}
+
+impl Throttle {
+    /// The throttle for this store: shared on PostgreSQL, in memory otherwise. `max_failures`
+    /// per account (ten times that per address); 0 turns throttling off.
+    pub fn for_store(store: &crate::store::Store, max_failures: u32) -> Self {
+        match store {
+            crate::store::Store::Postgres(pg) if max_failures > 0 => {
+                Throttle::Shared(SharedThrottle {
+                    store: pg.clone(),
+                    max_failures,
+                })
+            }
+            _ => Throttle::Local(LoginThrottle::new(max_failures, DEFAULT_CAPACITY)),
+        }
+    }
+
+    /// Admits a login attempt (or a check of the current password) for `account` from `addr`,
+    /// or answers 429 with `Retry-After`. End it with [`Guard::failed`] or [`Guard::succeeded`].
+    pub async fn begin(&self, account: &str, addr: Option<IpAddr>) -> Result<Guard<'_>, ApiError> {
+        match self {
+            Throttle::Local(local) => local.begin(account, addr).map(Guard::Local),
+            Throttle::Shared(shared) => shared.begin(account, addr).await.map(Guard::Shared),
+        }
+    }
+
+    /// Drops idle entries (housekeeping).
+    pub async fn purge(&self) {
+        match self {
+            Throttle::Local(local) => local.purge(),
+            Throttle::Shared(shared) => {
+                if let Err(e) = shared
+                    .store
+                    .throttle_purge(crate::tokens::now_seconds())
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not purge the login throttle");
+                }
+            }
+        }
+    }
+}
+
+impl SharedThrottle {
+    fn keys(&self, account: &str, addr: Option<IpAddr>) -> Vec<crate::store::ThrottleKey> {
+        use sha2::{Digest, Sha256};
+        // The account by a hash: a copy of the table does not list the emails that were tried.
+        let digest = Sha256::digest(account.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut keys = vec![crate::store::ThrottleKey {
+            key: format!("account:{hex}"),
+            max_failures: self.max_failures,
+        }];
+        if let Some(addr) = addr {
+            keys.push(crate::store::ThrottleKey {
+                key: format!("address:{}", address_key(addr)),
+                max_failures: self.max_failures.saturating_mul(10),
+            });
+        }
+        keys
+    }
+
+    async fn begin(&self, account: &str, addr: Option<IpAddr>) -> Result<SharedAttempt, ApiError> {
+        let keys = self.keys(account, addr);
+        match self
+            .store
+            .throttle_admit(&keys, crate::tokens::now_seconds())
+            .await?
+        {
+            Some(wait) => Err(ApiError::TooManyAttempts { retry_after: wait }),
+            None => Ok(SharedAttempt {
+                store: self.store.clone(),
+                keys,
+                ended: false,
+            }),
+        }
+    }
+}
+
+/// An admitted attempt, of either throttle.
+#[derive(Debug)]
+pub enum Guard<'a> {
+    Local(Attempt<'a>),
+    Shared(SharedAttempt),
+}
+
+impl Guard<'_> {
+    /// The password was wrong: it counts against the account and the address.
+    pub async fn failed(self) {
+        match self {
+            Guard::Local(a) => a.failed(),
+            Guard::Shared(mut a) => {
+                // Counted when it was admitted.
+                a.ended = true;
+            }
+        }
+    }
+
+    /// The password was right: the account's count is cleared (not the address's, which gets
+    /// this attempt back).
+    pub async fn succeeded(self) {
+        match self {
+            Guard::Local(a) => a.succeeded(),
+            Guard::Shared(mut a) => {
+                a.ended = true;
+                a.refund(true).await;
+            }
+        }
+    }
+}
+
+/// An attempt counted up front in the database; dropped unended (a server error), it is given
+/// back by a task of its own.
+#[derive(Debug)]
+pub struct SharedAttempt {
+    store: crate::store::postgres::PostgresStore,
+    keys: Vec<crate::store::ThrottleKey>,
+    ended: bool,
+}
+
+impl SharedAttempt {
+    /// Gives the attempt back; `clear_account` forgets the account's count altogether.
+    async fn refund(&self, clear_account: bool) {
+        for (i, key) in self.keys.iter().enumerate() {
+            if let Err(e) = self
+                .store
+                .throttle_refund(key, clear_account && i == 0)
+                .await
+            {
+                tracing::warn!(error = %e, "could not give a login attempt back to the throttle");
+            }
+        }
+    }
+}
+
+impl Drop for SharedAttempt {
+    fn drop(&mut self) {
+        if !self.ended {
+            let attempt = SharedAttempt {
+                store: self.store.clone(),
+                keys: std::mem::take(&mut self.keys),
+                ended: true,
+            };
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { attempt.refund(false).await });
+            }
         }
     }
 }

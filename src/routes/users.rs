@@ -370,8 +370,11 @@ async fn attempt_login(
     let attempt = state
         .throttle
         .begin(&body.email, address)
-        .inspect_err(|_| {
-            tracing::warn!(outcome = "throttled", "login refused: too many attempts");
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ApiError::TooManyAttempts { .. }) {
+                tracing::warn!(outcome = "throttled", "login refused: too many attempts");
+            }
         })?;
     let credentials = state.store.credentials(body.email.clone()).await?;
     // Unknown emails are checked against a dummy hash: both failures take the same time.
@@ -381,7 +384,7 @@ async fn attempt_login(
         Some(c) if verdict.valid => c,
         other => {
             // Counted before the answer is padded.
-            attempt.failed();
+            attempt.failed().await;
             tracing::warn!(
                 outcome = "invalid",
                 user_id = other.map(|c| c.user_id),
@@ -391,7 +394,7 @@ async fn attempt_login(
             return Err(ApiError::InvalidCredentials);
         }
     };
-    attempt.succeeded();
+    attempt.succeeded().await;
     let mut verified_hash = credentials.password_hash;
     if state.hasher.needs_rehash(&verified_hash) {
         let new_hash = state.hasher.hash(body.password).await?;
@@ -552,7 +555,7 @@ pub(crate) async fn change_password(
     state: AppState,
 ) -> Result<Response, Rejection> {
     // Guessing the current password with a stolen access token is throttled like a login.
-    let attempt = state.throttle.begin(&auth.user.email, None)?;
+    let attempt = state.throttle.begin(&auth.user.email, None).await?;
     let stored = state
         .store
         .password_hash(auth.user.id)
@@ -563,7 +566,7 @@ pub(crate) async fn change_password(
         .verify(body.current_password, Some(stored.clone()))
         .await?;
     if !verdict.valid {
-        attempt.failed();
+        attempt.failed().await;
         tracing::warn!(
             user_id = auth.user.id,
             "password change refused: wrong current password"
@@ -571,7 +574,7 @@ pub(crate) async fn change_password(
         verdict.pad().await;
         return Err(ApiError::WrongPassword.into());
     }
-    attempt.succeeded();
+    attempt.succeeded().await;
     let new_hash = state.hasher.hash(body.new_password).await?;
     if !state
         .store

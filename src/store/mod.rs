@@ -8,6 +8,7 @@
 //! database's state (`Busy`, `Unavailable`, `Corrupt`), which `error.rs` maps to HTTP statuses
 //! in one `From`.
 
+pub mod postgres;
 pub mod sqlite;
 
 use serde::Serialize;
@@ -161,10 +162,18 @@ pub struct Page {
     pub total: i64,
 }
 
+/// A key of the shared login throttle (a hashed account, or a client address) and its limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleKey {
+    pub key: String,
+    pub max_failures: u32,
+}
+
 /// The database handle handlers use. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
 }
 
 /// Calls the same method on whichever backend this is.
@@ -172,14 +181,32 @@ macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match $self {
             Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
         }
     };
 }
 
 impl Store {
-    /// Opens the database `location` names, creating and migrating it as needed.
-    pub async fn open(location: &DatabaseLocation) -> Result<Self, OpenError> {
-        Ok(Store::Sqlite(sqlite::SqliteStore::open(location).await?))
+    /// Opens the database `location` names, creating and migrating it as needed;
+    /// `max_connections` sizes PostgreSQL's pool.
+    pub async fn open(
+        location: &DatabaseLocation,
+        max_connections: usize,
+    ) -> Result<Self, OpenError> {
+        Ok(match location {
+            DatabaseLocation::Postgres(pg) => {
+                Store::Postgres(postgres::PostgresStore::open(pg, max_connections).await?)
+            }
+            sqlite => Store::Sqlite(sqlite::SqliteStore::open(sqlite).await?),
+        })
+    }
+
+    /// Which backend this is, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
     }
 
     /// Closes the database (at shutdown). Later calls fail.

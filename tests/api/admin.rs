@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, Reply, TestApp};
+use super::helpers::{PASSWORD, Reply, TestApp};
 
 impl TestApp {
     /// Registers `email`, makes it an admin in the store (as `create-admin` does), logs in.

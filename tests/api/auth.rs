@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, TestApp};
+use super::helpers::{SECRET, TestApp};
 
 fn now() -> u64 {
     std::time::SystemTime::now()
@@ -27,7 +27,7 @@ fn sign(claims: &Value, alg: Algorithm, secret: &[u8], typ: Option<&str>) -> Str
 }
 
 #[track_caller]
-fn assert_invalid_token(r: &crate::helpers::Reply) {
+fn assert_invalid_token(r: &super::helpers::Reply) {
     r.problem(401);
     let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
     assert!(challenge.starts_with("Bearer"), "{challenge}");
@@ -183,14 +183,11 @@ async fn a_valid_token_of_a_deleted_user_is_refused() {
     let app = TestApp::new().await;
     let token = app.token("alice@example.com").await;
     app.me(&token).await.assert_status(200);
-    let sql = app.sql();
-    sql.execute_batch(
-        "PRAGMA foreign_keys = ON; DELETE FROM users WHERE email = 'alice@example.com';",
-    )
-    .unwrap();
+    app.exec("DELETE FROM users WHERE email = 'alice@example.com'")
+        .await;
     assert_invalid_token(&app.me(&token).await);
     // Registering the email again gives a new user; the old token does not open it.
-    app.register("alice@example.com", crate::helpers::PASSWORD)
+    app.register("alice@example.com", super::helpers::PASSWORD)
         .await
         .assert_status(201);
     assert_invalid_token(&app.me(&token).await);

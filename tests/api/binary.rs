@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, SECRET};
+use super::helpers::{PASSWORD, SECRET, database_url};
 
 const BIN: &str = env!("CARGO_BIN_EXE_warp-auth-api");
 
@@ -33,10 +33,8 @@ impl Server {
         command
             .current_dir(dir)
             .env_remove("RUST_LOG")
-            .env(
-                "DATABASE_URL",
-                format!("sqlite:///{}", dir.join("app.db").display()),
-            )
+            .env("DATABASE_URL", database_url(dir))
+            .env("DATABASE_MAX_CONNECTIONS", "4")
             .env("JWT_SECRET", SECRET)
             .env("BCRYPT_COST", "4")
             .env("HOST", "127.0.0.1")
@@ -395,7 +393,8 @@ fn a_bad_variable_stops_the_start_with_its_name() {
         ("PORT", "eighty"),
         ("JWT_SECRET", "too-short"),
         ("JWT_SECRET", "replace_me_with_a_long_random_value"),
-        ("DATABASE_URL", "postgres://localhost/app"),
+        ("DATABASE_URL", "postgres://app:pw@localhost"),
+        ("DATABASE_MAX_CONNECTIONS", "0"),
         ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
         ("LOG_FORMAT", "yaml"),
         ("JWT_ALGORITHM", "RS256"),
@@ -516,6 +515,8 @@ fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
             refresh.as_str(),
             "$2b$",
             SECRET,
+            // The database URL's password (PostgreSQL).
+            crate::pg::PASSWORD,
         ] {
             assert!(!line.contains(secret), "a secret reached the log: {line}");
         }
@@ -582,7 +583,7 @@ pub fn create_admin_with(
         .arg("create-admin")
         .args(args)
         .current_dir(dir)
-        .env("DATABASE_URL", dir.join("app.db").display().to_string())
+        .env("DATABASE_URL", database_url(dir))
         .env("BCRYPT_COST", "4")
         .env_remove("ADMIN_PASSWORD")
         .stdin(Stdio::piped())
@@ -818,6 +819,9 @@ impl Drop for TinyDisk {
 
 #[test]
 fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
+    if super::helpers::sqlite_only("a SQLite file on a full disk") {
+        return;
+    }
     let Some(disk) = TinyDisk::mount(400) else {
         eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
         return;

@@ -1,6 +1,6 @@
 //! CORS for the origins in `CORS_ORIGINS`, and none without it.
 
-use crate::helpers::TestApp;
+use super::helpers::TestApp;
 
 fn preflight(origin: &str) -> warp::test::RequestBuilder {
     warp::test::request()

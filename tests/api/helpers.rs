@@ -1,5 +1,7 @@
-//! The test harness: the real `app(state)` on a temporary database, with one helper per endpoint.
+//! The test harness: the real `app(state)` on a temporary database of this module's backend
+//! (`super::BACKEND`), with one helper per endpoint.
 
+use std::path::Path;
 use std::sync::Once;
 
 use serde_json::{Value, json};
@@ -12,6 +14,9 @@ use warp_auth_api::config::Config;
 use warp_auth_api::password::PasswordHasher;
 use warp_auth_api::store::Store;
 use warp_auth_api::{AppState, app};
+
+use super::BACKEND;
+use crate::Backend;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789abcdef0123456789abcdef";
 pub const PASSWORD: &str = "MyStrongPass123";
@@ -107,13 +112,43 @@ impl Reply {
     }
 }
 
-/// The configuration tests use: a fixed secret, a cheap bcrypt cost, a file in `dir`.
+/// The database of the tests in `dir`: `app.db` there on SQLite; on PostgreSQL a fresh database
+/// of the shared test cluster, whose URL is kept in `dir`, so that a second app or server on the
+/// same directory opens the same database (a restart).
+pub fn database_url(dir: &Path) -> String {
+    match BACKEND {
+        Backend::Sqlite => dir.join("app.db").display().to_string(),
+        Backend::Postgres => {
+            let file = dir.join("postgres-url");
+            if let Ok(url) = std::fs::read_to_string(&file) {
+                return url;
+            }
+            let url = crate::pg::fresh_database_url()
+                .expect("PostgreSQL for the postgres half of the suite (see tests/api/pg.rs)");
+            std::fs::write(&file, &url).expect("keep the database URL");
+            url
+        }
+    }
+}
+
+/// Whether this test checks what only SQLite has (its files, its locks): on PostgreSQL it is
+/// skipped, and says so.
+pub fn sqlite_only(what: &str) -> bool {
+    if BACKEND == Backend::Sqlite {
+        return false;
+    }
+    eprintln!("skipped on {BACKEND:?}: {what} is SQLite's alone");
+    true
+}
+
+/// The configuration tests use: a fixed secret, a cheap bcrypt cost, a database in `dir`.
 pub fn test_config(dir: &TempDir, vars: &[(&str, &str)]) -> Config {
-    let db = dir.path().join("app.db").display().to_string();
     let mut all: Vec<(String, String)> = vec![
         ("JWT_SECRET".into(), SECRET.into()),
         ("BCRYPT_COST".into(), "4".into()),
-        ("DATABASE_URL".into(), db),
+        ("DATABASE_URL".into(), database_url(dir.path())),
+        // Many apps run at once against one test cluster.
+        ("DATABASE_MAX_CONNECTIONS".into(), "4".into()),
     ];
     all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Config::from_vars(all).expect("test configuration")
@@ -136,12 +171,32 @@ impl TestApp {
         Self::from_state(state, dir)
     }
 
+    /// A second replica: another app (its own state, throttle handle and pool) on this app's
+    /// database. PostgreSQL only: SQLite serves one process (so its half never calls this).
+    #[allow(dead_code)]
+    pub async fn replica(&self, vars: &[(&str, &str)]) -> Self {
+        assert_eq!(
+            BACKEND,
+            Backend::Postgres,
+            "replicas share a PostgreSQL database"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            self.dir.path().join("postgres-url"),
+            dir.path().join("postgres-url"),
+        )
+        .unwrap();
+        Self::in_dir(dir, vars).await
+    }
+
     /// An app with a hashing pool of the given size.
     pub async fn with_hasher(workers: usize, queue: usize, cost: u32) -> Self {
         init_log();
         let dir = tempfile::tempdir().unwrap();
         let config = test_config(&dir, &[]);
-        let store = Store::open(&config.database).await.unwrap();
+        let store = Store::open(&config.database, config.database_max_connections)
+            .await
+            .unwrap();
         let hasher = PasswordHasher::new(cost, workers, queue).unwrap();
         let state = AppState::with_parts(config, store, hasher).unwrap();
         Self::from_state(state, dir)
@@ -211,8 +266,74 @@ impl TestApp {
             .to_owned()
     }
 
-    /// A direct connection to the database file, to set up what the API cannot.
+    /// A direct connection to the SQLite file (tests of SQLite's own behaviour).
     pub fn sql(&self) -> tokio_rusqlite::rusqlite::Connection {
+        assert_eq!(
+            BACKEND,
+            Backend::Sqlite,
+            "sql() is SQLite's; use exec or query_*"
+        );
         tokio_rusqlite::rusqlite::Connection::open(self.db_path()).unwrap()
+    }
+
+    /// Runs statements on the app's database directly, to set up what the API cannot.
+    pub async fn exec(&self, sql: &str) {
+        exec(self.dir.path(), sql).await;
+    }
+
+    /// The one integer a query answers (`SELECT count(*) …`).
+    pub async fn query_i64(&self, sql: &str) -> i64 {
+        query_i64(self.dir.path(), sql).await
+    }
+
+    /// The one text a query answers.
+    pub async fn query_text(&self, sql: &str) -> String {
+        match BACKEND {
+            Backend::Sqlite => self.sql().query_row(sql, [], |r| r.get(0)).unwrap(),
+            Backend::Postgres => postgres(self.dir.path())
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0),
+        }
+    }
+}
+
+/// A client of the PostgreSQL database of `dir`.
+async fn postgres(dir: &Path) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&database_url(dir), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// Runs statements on the database of `dir` (either backend).
+pub async fn exec(dir: &Path, sql: &str) {
+    match BACKEND {
+        Backend::Sqlite => {
+            let c = tokio_rusqlite::rusqlite::Connection::open(dir.join("app.db")).unwrap();
+            // Cascades, as the service's own connections have them.
+            c.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+            c.execute_batch(sql).unwrap();
+        }
+        Backend::Postgres => postgres(dir).await.batch_execute(sql).await.unwrap(),
+    }
+}
+
+/// The one integer a query on the database of `dir` answers.
+pub async fn query_i64(dir: &Path, sql: &str) -> i64 {
+    match BACKEND {
+        Backend::Sqlite => tokio_rusqlite::rusqlite::Connection::open(dir.join("app.db"))
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap(),
+        Backend::Postgres => postgres(dir)
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0),
     }
 }

@@ -5,8 +5,8 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::binary::Server;
-use crate::helpers::{PASSWORD, Reply, SECRET, TestApp};
+use super::binary::Server;
+use super::helpers::{PASSWORD, Reply, SECRET, TestApp};
 
 /// Asserts a 400 naming `field`, whose body does not echo `sent`.
 #[track_caller]
@@ -303,7 +303,7 @@ fn binary_token(server: &Server, email: &str) -> String {
     login["access_token"].as_str().unwrap().to_owned()
 }
 
-fn binary_me(server: &Server, authorization: &str) -> crate::binary::Response {
+fn binary_me(server: &Server, authorization: &str) -> super::binary::Response {
     server.request(
         "GET",
         "/api/v1/users/me",

@@ -1,16 +1,83 @@
-//! API tests: the real `app(state)` through `warp::test`, and the real binary over loopback.
+//! API tests: the real `app(state)` through `warp::test`, and the real binary over loopback, each
+//! on both storage backends.
+//!
+//! Every file under `backends` is compiled twice, once in `sqlite` and once in `postgres`, each
+//! with its own `BACKEND` (and its own copy of `helpers.rs`, whose `TestApp` and whose binary
+//! `Server` open that backend): a test is written once and runs on both. The PostgreSQL half needs
+//! the server's binaries (`build.rs` says when they are missing); `pg.rs` starts a throwaway
+//! cluster for it. Tests of what has no backend (the server loop, the OpenAPI document) run once.
 
-mod admin;
-mod auth;
-mod binary;
-mod cors;
-mod errors;
-mod helpers;
-mod input;
-mod openapi;
-mod ops;
+// Loading each file twice, once per backend, is the point.
+#![allow(clippy::duplicate_mod)]
+
 mod pg;
-mod security;
-mod server;
-mod sessions;
-mod users;
+
+/// The storage backend a test module runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[path = "."]
+mod sqlite {
+    pub const BACKEND: crate::Backend = crate::Backend::Sqlite;
+
+    #[path = "admin.rs"]
+    mod admin;
+    #[path = "auth.rs"]
+    mod auth;
+    #[path = "binary.rs"]
+    pub mod binary;
+    #[path = "cors.rs"]
+    mod cors;
+    #[path = "errors.rs"]
+    mod errors;
+    #[path = "helpers.rs"]
+    pub mod helpers;
+    #[path = "input.rs"]
+    mod input;
+    #[path = "openapi.rs"]
+    mod openapi;
+    #[path = "ops.rs"]
+    mod ops;
+    #[path = "security.rs"]
+    mod security;
+    #[path = "server.rs"]
+    mod server;
+    #[path = "sessions.rs"]
+    mod sessions;
+    #[path = "users.rs"]
+    mod users;
+}
+
+#[cfg(has_postgres)]
+#[path = "."]
+mod postgres {
+    pub const BACKEND: crate::Backend = crate::Backend::Postgres;
+
+    #[path = "admin.rs"]
+    mod admin;
+    #[path = "auth.rs"]
+    mod auth;
+    #[path = "binary.rs"]
+    pub mod binary;
+    #[path = "cors.rs"]
+    mod cors;
+    #[path = "errors.rs"]
+    mod errors;
+    #[path = "helpers.rs"]
+    pub mod helpers;
+    #[path = "input.rs"]
+    mod input;
+    #[path = "ops.rs"]
+    mod ops;
+    #[path = "replicas.rs"]
+    mod replicas;
+    #[path = "security.rs"]
+    mod security;
+    #[path = "sessions.rs"]
+    mod sessions;
+    #[path = "users.rs"]
+    mod users;
+}

@@ -1,6 +1,6 @@
 //! Liveness and readiness.
 
-use crate::helpers::TestApp;
+use super::helpers::TestApp;
 
 #[tokio::test]
 async fn health_is_ok_while_the_process_runs() {
@@ -31,8 +31,11 @@ async fn ready_answers_when_the_database_does_and_503_when_it_does_not() {
 #[tokio::test]
 async fn the_database_file_is_readable_by_its_owner_only() {
     use std::os::unix::fs::PermissionsExt;
+    if super::helpers::sqlite_only("the database file") {
+        return;
+    }
     let app = TestApp::new().await;
-    app.register("alice@example.com", crate::helpers::PASSWORD)
+    app.register("alice@example.com", super::helpers::PASSWORD)
         .await
         .assert_status(201);
     for name in ["app.db", "app.db-wal"] {

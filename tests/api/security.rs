@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_rusqlite::rusqlite;
 
-use crate::binary::{Response, Server, create_admin};
-use crate::helpers::PASSWORD;
+use super::BACKEND;
+use super::binary::{Response, Server, create_admin};
+use super::helpers::{PASSWORD, database_url, sqlite_only};
+use crate::Backend;
 
 fn register(server: &Server, email: &str) -> Value {
     server
@@ -43,6 +45,23 @@ fn db(dir: &Path) -> rusqlite::Connection {
     let c = rusqlite::Connection::open(dir.join("app.db")).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
     c
+}
+
+/// Runs async test code (a database client) from these synchronous tests.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn exec(dir: &Path, sql: &str) {
+    block_on(super::helpers::exec(dir, sql));
+}
+
+fn query_i64(dir: &Path, sql: &str) -> i64 {
+    block_on(super::helpers::query_i64(dir, sql))
 }
 
 /// Sends a request and resets the connection (RST, as a client that gives up does) after `wait`,
@@ -89,12 +108,10 @@ fn hanging_up_on_a_wrong_password_still_counts_the_guess() {
     // only once it has taken as long as that slow verify, the window the attacker hangs up in.
     register(&server, "slow@example.com");
     let slow = bcrypt::hash(PASSWORD, 11).unwrap();
-    db(dir.path())
-        .execute(
-            "UPDATE users SET password_hash = ?1 WHERE email = 'slow@example.com'",
-            [&slow],
-        )
-        .unwrap();
+    exec(
+        dir.path(),
+        &format!("UPDATE users SET password_hash = '{slow}' WHERE email = 'slow@example.com'"),
+    );
     let started = Instant::now();
     login(&server, "slow@example.com", PASSWORD).expect(200);
     let slow_verify = started.elapsed();
@@ -125,26 +142,64 @@ fn hanging_up_on_a_wrong_password_still_counts_the_guess() {
     assert!(count("request abandoned") >= 3, "{logs:#?}");
 }
 
-/// Runs `change` in a write transaction that `request` has to wait for: `request` is sent first
-/// and has done its reads (and its password check) by the time `change` commits.
+/// Runs `change` (SQL) in a transaction that `request`'s write has to wait for: `request` is sent
+/// first and has done its reads (and its password check) by the time `change` commits. On SQLite
+/// the transaction holds the write lock; on PostgreSQL it first runs `pg_lock`, which takes the
+/// lock the request's write will need (a row lock, an advisory lock).
 fn while_holding_the_write_lock<T: Send>(
     dir: &Path,
+    pg_lock: &str,
     request: impl FnOnce() -> T + Send,
-    change: impl FnOnce(&rusqlite::Transaction<'_>),
+    change: &str,
 ) -> T {
-    let mut conn = db(dir);
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .unwrap();
-    std::thread::scope(|s| {
-        let pending = s.spawn(request);
-        // The request's reads and bcrypt (cost 4) take milliseconds; its write then waits for
-        // this transaction (the server's busy timeout is 2 s).
-        std::thread::sleep(Duration::from_millis(500));
-        change(&tx);
-        tx.commit().unwrap();
-        pending.join().unwrap()
-    })
+    // The request's reads and bcrypt (cost 4) take milliseconds; its write then waits for this
+    // transaction (SQLite's busy timeout is 2 s; PostgreSQL waits for the lock).
+    let hold = Duration::from_millis(500);
+    match BACKEND {
+        Backend::Sqlite => {
+            let mut conn = db(dir);
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            std::thread::scope(|s| {
+                let pending = s.spawn(request);
+                std::thread::sleep(hold);
+                tx.execute_batch(change).unwrap();
+                tx.commit().unwrap();
+                pending.join().unwrap()
+            })
+        }
+        Backend::Postgres => {
+            // The transaction runs on a thread of its own; it takes the lock, then waits for the
+            // word to write and commit.
+            let (url, pg_lock, change) = (database_url(dir), pg_lock.to_owned(), change.to_owned());
+            let (locked, is_locked) = std::sync::mpsc::channel();
+            let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+            let holder = std::thread::spawn(move || {
+                block_on(async move {
+                    let (mut client, connection) =
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                            .await
+                            .unwrap();
+                    tokio::spawn(connection);
+                    let tx = client.transaction().await.unwrap();
+                    tx.batch_execute(&pg_lock).await.unwrap();
+                    locked.send(()).unwrap();
+                    wait_for_go.recv().unwrap();
+                    tx.batch_execute(&change).await.unwrap();
+                    tx.commit().await.unwrap();
+                })
+            });
+            is_locked.recv().unwrap();
+            std::thread::scope(|s| {
+                let pending = s.spawn(request);
+                std::thread::sleep(hold);
+                go.send(()).unwrap();
+                holder.join().unwrap();
+                pending.join().unwrap()
+            })
+        }
+    }
 }
 
 #[test]
@@ -153,23 +208,19 @@ fn a_login_that_checked_the_old_password_gets_no_session_after_a_change() {
     let server = Server::start(dir.path(), &[]);
     let user = register(&server, "alice@example.com");
     let new_hash = bcrypt::hash("An0ther-Strong-Pass", 4).unwrap();
+    let id = user["id"].as_i64().unwrap();
     let answer = while_holding_the_write_lock(
         dir.path(),
+        // What PUT /me/password holds while it writes: the user's row.
+        &format!("SELECT 1 FROM users WHERE id = {id} FOR UPDATE"),
         || login(&server, "alice@example.com", PASSWORD),
-        |tx| {
-            // What PUT /me/password writes: the new hash, and no session left.
-            tx.execute(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
-                rusqlite::params![new_hash, user["id"].as_i64().unwrap()],
-            )
-            .unwrap();
-            tx.execute("DELETE FROM sessions", []).unwrap();
-        },
+        // What it writes: the new hash, and no session left.
+        &format!(
+            "UPDATE users SET password_hash = '{new_hash}' WHERE id = {id}; DELETE FROM sessions;"
+        ),
     );
     answer.expect(401);
-    let sessions: i64 = db(dir.path())
-        .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
-        .unwrap();
+    let sessions = query_i64(dir.path(), "SELECT count(*) FROM sessions");
     assert_eq!(sessions, 0, "a session outlived the password change");
     login(&server, "alice@example.com", "An0ther-Strong-Pass").expect(200);
 }
@@ -193,6 +244,8 @@ fn an_admin_demoted_while_its_request_waits_is_refused() {
     let auth = bearer(&root);
     let answer = while_holding_the_write_lock(
         dir.path(),
+        // The lock every role change takes on PostgreSQL (store::postgres::ADMIN_LOCK).
+        "SELECT pg_advisory_xact_lock(8602282590251349097)",
         || {
             server.json(
                 "PATCH",
@@ -201,23 +254,14 @@ fn an_admin_demoted_while_its_request_waits_is_refused() {
                 &[("Authorization", &auth)],
             )
         },
-        |tx| {
-            tx.execute(
-                "UPDATE users SET role = 'member' WHERE email = 'root@example.com'",
-                [],
-            )
-            .unwrap();
-        },
+        "UPDATE users SET role = 'member' WHERE email = 'root@example.com'",
     );
     answer.expect(403);
-    let role: String = db(dir.path())
-        .query_row(
-            "SELECT role FROM users WHERE email = 'bob@example.com'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(role, "member", "a demoted admin's change went through");
+    let admins = query_i64(
+        dir.path(),
+        "SELECT count(*) FROM users WHERE email = 'bob@example.com' AND role = 'admin'",
+    );
+    assert_eq!(admins, 0, "a demoted admin's change went through");
 }
 
 /// A connection from `source` (any 127.0.0.0/8 address is this machine) to `addr`.
@@ -283,6 +327,9 @@ fn one_client_cannot_take_every_connection() {
 #[test]
 fn loose_database_files_are_made_owner_only_at_start() {
     use std::os::unix::fs::PermissionsExt;
+    if sqlite_only("the database file's mode") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     register(&server, "alice@example.com");
@@ -335,6 +382,9 @@ fn every_html_response_carries_the_page_policy() {
 
 #[test]
 fn a_damaged_database_is_not_ready_and_answers_503() {
+    if sqlite_only("a damaged database file") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
     for name in ["a", "b", "c"] {

@@ -123,6 +123,12 @@ impl SqliteStore {
                     .map_err(failed)?;
                 (conn.clone(), vec![conn])
             }
+            DatabaseLocation::Postgres(pg) => {
+                return Err(OpenError::new(
+                    format!("database at {pg}"),
+                    "a PostgreSQL URL is not a SQLite database",
+                ));
+            }
             DatabaseLocation::File(path) => {
                 create_private(path).map_err(|e| {
                     OpenError::new(format!("cannot create the database at {location}"), e)

@@ -1,0 +1,186 @@
+//! Sessions on PostgreSQL: creating them, the check behind every request, refresh-token rotation
+//! with its grace window and reuse detection, and housekeeping. Row locks order what SQLite's one
+//! writer orders by itself.
+
+use super::{PostgresStore, to_i64, user_columns, user_from_row};
+use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
+
+/// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
+const SPENT_KEPT: i64 = 64;
+
+impl PostgresStore {
+    pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        // FOR SHARE: a password change under way (it holds the row's lock) is waited for and its
+        // new hash then fails the check; a change that comes later waits for this insert and
+        // then deletes the new session with the others.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
+                 SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 AND password_hash = $6
+                 FOR SHARE",
+            )
+            .await?;
+        let inserted = client
+            .execute(
+                &stmt,
+                &[
+                    &s.id,
+                    &s.user_id,
+                    &&s.refresh_hash[..],
+                    &to_i64(s.now),
+                    &to_i64(s.expires_at),
+                    &s.password_hash,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            // The user was deleted, or its password changed, since the check.
+            return Err(StoreError::PasswordChanged);
+        }
+        Ok(())
+    }
+
+    pub async fn session_user(
+        &self,
+        session_id: String,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM sessions s JOIN users u ON u.id = s.user_id
+                  WHERE s.id = $1 AND s.user_id = $2 AND s.expires_at > $3"
+            ))
+            .await?;
+        let row = client
+            .query_opt(&stmt, &[&session_id, &user_id, &to_i64(now)])
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn refresh(&self, r: Rotation) -> Result<Refresh, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let now = to_i64(r.now);
+        let presented = &r.presented[..];
+        // FOR UPDATE: a racing exchange of the same token (on any replica) waits here, then
+        // finds the token spent and takes the grace path below; it never starts a second chain.
+        let live = tx
+            .query_opt(
+                "SELECT id, user_id FROM sessions WHERE refresh_hash = $1 AND expires_at > $2
+                 FOR UPDATE",
+                &[&presented, &now],
+            )
+            .await?;
+        if let Some(row) = live {
+            let session_id: String = row.try_get(0)?;
+            let user_id: i64 = row.try_get(1)?;
+            tx.execute(
+                "UPDATE sessions SET refresh_hash = $1, prev_hash = $2, prev_successor = $3, rotated_at = $4
+                 WHERE id = $5",
+                &[&&r.successor[..], &presented, &&r.sealed_successor[..], &now, &session_id],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&presented, &session_id, &now],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM spent_refresh_tokens WHERE session_id = $1 AND hash NOT IN
+                 (SELECT hash FROM spent_refresh_tokens WHERE session_id = $1
+                  ORDER BY spent_at DESC LIMIT $2)",
+                &[&session_id, &SPENT_KEPT],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Refresh::Rotated {
+                user_id,
+                session_id,
+            });
+        }
+
+        let previous = tx
+            .query_opt(
+                "SELECT id, user_id, prev_successor, rotated_at, expires_at FROM sessions WHERE prev_hash = $1",
+                &[&presented],
+            )
+            .await?;
+        let spent_by = match previous {
+            Some(row) => {
+                let session_id: String = row.try_get(0)?;
+                let user_id: i64 = row.try_get(1)?;
+                let sealed: Option<Vec<u8>> = row.try_get(2)?;
+                let rotated_at: Option<i64> = row.try_get(3)?;
+                let expires_at: i64 = row.try_get(4)?;
+                let in_grace = rotated_at.is_some_and(|at| now - at <= to_i64(r.grace_seconds))
+                    && expires_at > now;
+                match sealed {
+                    Some(sealed_successor) if in_grace => {
+                        return Ok(Refresh::Grace {
+                            user_id,
+                            session_id,
+                            sealed_successor,
+                        });
+                    }
+                    _ => Some((session_id, user_id)),
+                }
+            }
+            None => tx
+                .query_opt(
+                    "SELECT s.id, s.user_id FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id
+                     WHERE t.hash = $1",
+                    &[&presented],
+                )
+                .await?
+                .map(|row| Ok::<_, StoreError>((row.try_get(0)?, row.try_get(1)?)))
+                .transpose()?,
+        };
+        match spent_by {
+            Some((session_id, user_id)) => {
+                tx.execute("DELETE FROM sessions WHERE id = $1", &[&session_id])
+                    .await?;
+                tx.commit().await?;
+                Ok(Refresh::Reused {
+                    user_id,
+                    session_id,
+                })
+            }
+            None => Ok(Refresh::Invalid),
+        }
+    }
+
+    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM sessions WHERE id = $1")
+            .await?;
+        client.execute(&stmt, &[&session_id]).await?;
+        Ok(())
+    }
+
+    pub async fn purge_expired_sessions(
+        &self,
+        now: u64,
+        grace_seconds: u64,
+    ) -> Result<usize, StoreError> {
+        let (now, grace) = (to_i64(now), to_i64(grace_seconds));
+        let client = self.client().await?;
+        let expired = client
+            .execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
+            .await?;
+        client
+            .execute(
+                "UPDATE sessions SET prev_successor = NULL
+                 WHERE prev_successor IS NOT NULL AND rotated_at < $1",
+                &[&(now - grace)],
+            )
+            .await?;
+        Ok(usize::try_from(expired).unwrap_or(usize::MAX))
+    }
+}

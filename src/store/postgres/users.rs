@@ -1,0 +1,257 @@
+//! Users on PostgreSQL: accounts, passwords, roles, the admin operations and their rules.
+//!
+//! Emails arrive normalised (lower-cased); lookups go through the unique index on `lower(email)`.
+
+use tokio_postgres::Transaction;
+
+use super::{PostgresStore, is_unique_violation, lock_admins, user_columns, user_from_row};
+use crate::store::{Credentials, Page, Role, StoreError, User};
+
+impl PostgresStore {
+    pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT 1 FROM users WHERE lower(email) = $1")
+            .await?;
+        Ok(client.query_opt(&stmt, &[&email]).await?.is_some())
+    }
+
+    pub async fn create_user(
+        &self,
+        email: String,
+        full_name: Option<String>,
+        password_hash: String,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "INSERT INTO users AS u (email, full_name, password_hash, role) VALUES ($1, $2, $3, $4) RETURNING ",
+                user_columns!()
+            ))
+            .await?;
+        let row = client
+            .query_one(&stmt, &[&email, &full_name, &password_hash, &role.as_str()])
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::EmailTaken
+                } else {
+                    e.into()
+                }
+            })?;
+        user_from_row(&row)
+    }
+
+    pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id, password_hash FROM users WHERE lower(email) = $1")
+            .await?;
+        let row = client.query_opt(&stmt, &[&email]).await?;
+        row.map(|row| {
+            Ok(Credentials {
+                user_id: row.try_get(0)?,
+                password_hash: row.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn rehash_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&new, &user_id, &old]).await? == 1)
+    }
+
+    pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT password_hash FROM users WHERE id = $1")
+            .await?;
+        let row = client.query_opt(&stmt, &[&user_id]).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub async fn change_password(
+        &self,
+        user_id: i64,
+        old: String,
+        new: String,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The row lock of this update makes a racing login wait (its session insert reads the
+        // row FOR SHARE), then see the new hash; a racing change re-checks `old` and loses.
+        let changed = tx
+            .execute(
+                "UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3",
+                &[&new, &user_id, &old],
+            )
+            .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_full_name(
+        &self,
+        user_id: i64,
+        full_name: Option<String>,
+    ) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "UPDATE users AS u SET full_name = $1 WHERE id = $2 RETURNING ",
+                user_columns!()
+            ))
+            .await?;
+        let row = client.query_opt(&stmt, &[&full_name, &user_id]).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for the count and the page.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let total: i64 = tx
+            .query_one("SELECT count(*) FROM users", &[])
+            .await?
+            .try_get(0)?;
+        let stmt = tx
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users u ORDER BY u.id LIMIT $1 OFFSET $2"
+            ))
+            .await?;
+        let items = tx
+            .query(&stmt, &[&limit, &offset])
+            .await?
+            .iter()
+            .map(user_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        Ok(Page { items, total })
+    }
+
+    pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users u WHERE lower(u.email) = $1"
+            ))
+            .await?;
+        let row = client.query_opt(&stmt, &[&email]).await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn set_role(
+        &self,
+        actor_id: i64,
+        user_id: i64,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_admins(&tx).await?;
+        require_admin(&tx, actor_id).await?;
+        let user = change_role(&tx, user_id, role).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_admins(&tx).await?;
+        let user = change_role(&tx, user_id, Role::Admin).await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_admins(&tx).await?;
+        if let Some(actor_id) = actor_id {
+            require_admin(&tx, actor_id).await?;
+        }
+        if role_of(&tx, user_id).await? == Role::Admin
+            && admins_other_than(&tx, user_id).await? == 0
+        {
+            return Err(StoreError::LastAdmin);
+        }
+        tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn role_of(tx: &Transaction<'_>, user_id: i64) -> Result<Role, StoreError> {
+    let row = tx
+        .query_opt("SELECT role FROM users WHERE id = $1", &[&user_id])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let role: String = row.try_get(0)?;
+    Role::parse(&role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
+}
+
+async fn admins_other_than(tx: &Transaction<'_>, user_id: i64) -> Result<i64, StoreError> {
+    Ok(tx
+        .query_one(
+            "SELECT count(*) FROM users WHERE role = 'admin' AND id <> $1",
+            &[&user_id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
+/// The actor of an admin change must still be an admin when the change is written.
+async fn require_admin(tx: &Transaction<'_>, actor_id: i64) -> Result<(), StoreError> {
+    match role_of(tx, actor_id).await {
+        Ok(Role::Admin) => Ok(()),
+        Ok(Role::Member) => Err(StoreError::NotAdmin),
+        Err(StoreError::NotFound) => Err(StoreError::ActorGone),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets a role inside a transaction holding the admin lock, refusing to demote the last admin.
+async fn change_role(tx: &Transaction<'_>, user_id: i64, role: Role) -> Result<User, StoreError> {
+    let current = role_of(tx, user_id).await?;
+    if current == Role::Admin && role != Role::Admin && admins_other_than(tx, user_id).await? == 0 {
+        return Err(StoreError::LastAdmin);
+    }
+    let row = tx
+        .query_one(
+            concat!(
+                "UPDATE users AS u SET role = $1 WHERE id = $2 RETURNING ",
+                user_columns!()
+            ),
+            &[&role.as_str(), &user_id],
+        )
+        .await?;
+    user_from_row(&row)
+}
