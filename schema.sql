@@ -38,3 +38,12 @@ CREATE TABLE IF NOT EXISTS spent_refresh_tokens (
     spent_at   INTEGER NOT NULL                -- unix seconds
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS spent_refresh_tokens_session_id ON spent_refresh_tokens (session_id, spent_at);
+
+-- Asymmetric signing keys (EdDSA, ES256, RS256), shared by every process on the database.
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid         TEXT    PRIMARY KEY,               -- RFC 7638 thumbprint of the public key
+    algorithm   TEXT    NOT NULL,                  -- EdDSA, ES256 or RS256
+    private_der BLOB    NOT NULL,                  -- PKCS#8 (EdDSA, ES256) or PKCS#1 (RS256) DER
+    created_at  INTEGER NOT NULL,                  -- unix seconds
+    retired_at  INTEGER                            -- unix seconds; NULL while it signs
+);

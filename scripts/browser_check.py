@@ -28,6 +28,7 @@ CONTRACT_PATHS = [
     "/api/v1/admin/users/{id}",
     "/health",
     "/health/ready",
+    "/.well-known/jwks.json",
     "/openapi.json",
     "/docs",
     "/redoc",

@@ -155,3 +155,80 @@ async fn make_admin(
 fn message(e: &validator::ValidationError) -> String {
     e.message.as_deref().unwrap_or("is not valid").to_owned()
 }
+
+/// `keys rotate`: a new signing key of the configured (asymmetric) algorithm; the lines printed.
+pub async fn keys_rotate(config: &Config) -> Result<Vec<String>, CommandError> {
+    require_key_pairs(config)?;
+    let store = Store::open(&config.database, 1).await?;
+    let result = crate::keys::rotate(&store, config.jwt_algorithm).await;
+    let _ = store.close().await;
+    let key = result.map_err(|e| CommandError::Refused(e.to_string()))?;
+    Ok(vec![format!(
+        "new signing key {} ({}); running servers sign with it within {} s, and earlier keys keep verifying until their tokens expire",
+        key.kid,
+        key.algorithm,
+        crate::keys::RELOAD_INTERVAL.as_secs() * 2
+    )])
+}
+
+/// `keys list`: each key's id, algorithm, created and retired times (never the private part).
+pub async fn keys_list(config: &Config) -> Result<Vec<String>, CommandError> {
+    require_key_pairs(config)?;
+    let store = Store::open(&config.database, 1).await?;
+    let result = store.signing_keys().await;
+    let _ = store.close().await;
+    let keys = result.map_err(CommandError::store("reading the signing keys"))?;
+    let mut lines = vec![format!(
+        "{:<44} {:<6} {:<20} {:<20}",
+        "kid", "alg", "created", "retired"
+    )];
+    for key in keys {
+        lines.push(format!(
+            "{:<44} {:<6} {:<20} {:<20}",
+            key.kid,
+            key.algorithm,
+            rfc3339(key.created_at),
+            key.retired_at.map_or_else(|| "-".to_owned(), rfc3339)
+        ));
+    }
+    Ok(lines)
+}
+
+/// The `keys` commands are for key pairs; HMAC keys are the secrets in the environment.
+fn require_key_pairs(config: &Config) -> Result<(), CommandError> {
+    if crate::keys::is_asymmetric(config.jwt_algorithm) {
+        return Ok(());
+    }
+    Err(CommandError::Refused(format!(
+        "JWT_ALGORITHM is {}: its key is JWT_SECRET, not kept in the database. To rotate it, \
+         move the old secret to JWT_PREVIOUS_SECRETS and set a new JWT_SECRET (see the README)",
+        crate::keys::algorithm_name(config.jwt_algorithm)
+    )))
+}
+
+/// Unix seconds as RFC 3339 (UTC), without a date library: civil-from-days (H. Hinnant).
+fn rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86_400);
+    let rest = seconds.rem_euclid(86_400);
+    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_of_unix_seconds() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_160_370), "2026-12-01T21:26:10Z");
+    }
+}

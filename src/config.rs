@@ -40,6 +40,7 @@ fn bad(var: &str, why: impl fmt::Display) -> ConfigError {
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
     jwt_secret: Option<String>,
+    jwt_previous_secrets: Option<String>,
     jwt_algorithm: Option<String>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
@@ -207,12 +208,16 @@ pub enum LogFormat {
 pub enum SecretSource {
     Configured,
     Generated,
+    /// An asymmetric algorithm: the keys live in the database.
+    NotNeeded,
 }
 
 /// The checked configuration of one server.
 #[derive(Clone)]
 pub struct Config {
     pub jwt_secret: Vec<u8>,
+    /// Earlier HMAC secrets, accepted for verification only.
+    pub jwt_previous_secrets: Vec<Vec<u8>>,
     pub secret_source: SecretSource,
     pub jwt_algorithm: Algorithm,
     pub jwt_issuer: Option<String>,
@@ -237,6 +242,7 @@ impl fmt::Debug for Config {
         // The secret never reaches a log.
         f.debug_struct("Config")
             .field("jwt_secret", &"<redacted>")
+            .field("jwt_previous_secrets", &self.jwt_previous_secrets.len())
             .field("secret_source", &self.secret_source)
             .field("jwt_algorithm", &self.jwt_algorithm)
             .field("jwt_issuer", &self.jwt_issuer)
@@ -308,19 +314,25 @@ impl Config {
             None | Some("HS256") => Algorithm::HS256,
             Some("HS384") => Algorithm::HS384,
             Some("HS512") => Algorithm::HS512,
+            Some("EdDSA") => Algorithm::EdDSA,
+            Some("ES256") => Algorithm::ES256,
+            Some("RS256") => Algorithm::RS256,
             Some(other) => {
                 return Err(bad(
                     "JWT_ALGORITHM",
-                    format!("must be HS256, HS384 or HS512, not {other:?}"),
+                    format!("must be HS256, HS384, HS512, EdDSA, ES256 or RS256, not {other:?}"),
                 ));
             }
         };
+        let asymmetric = crate::keys::is_asymmetric(jwt_algorithm);
         let min_secret = match jwt_algorithm {
             Algorithm::HS384 => 48,
             Algorithm::HS512 => 64,
             _ => 32,
         };
         let (jwt_secret, secret_source) = match raw.jwt_secret {
+            // The key pair lives in the database; a secret would sign nothing.
+            _ if asymmetric => (Vec::new(), SecretSource::NotNeeded),
             None => {
                 let mut secret = vec![0u8; 64];
                 rand::fill(&mut secret[..]);
@@ -350,6 +362,27 @@ impl Config {
                 (secret.into_bytes(), SecretSource::Configured)
             }
         };
+        let mut jwt_previous_secrets = Vec::new();
+        for (i, previous) in raw
+            .jwt_previous_secrets
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .enumerate()
+        {
+            if previous.len() < min_secret {
+                return Err(bad(
+                    "JWT_PREVIOUS_SECRETS",
+                    format!(
+                        "holds a secret (number {}) shorter than {min_secret} bytes",
+                        i + 1
+                    ),
+                ));
+            }
+            jwt_previous_secrets.push(previous.as_bytes().to_vec());
+        }
 
         let non_empty = |var: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
             match value {
@@ -449,6 +482,7 @@ impl Config {
 
         Ok(Self {
             jwt_secret,
+            jwt_previous_secrets,
             secret_source,
             jwt_algorithm,
             jwt_issuer,
@@ -567,7 +601,7 @@ mod tests {
             ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
             ("ACCESS_TOKEN_EXPIRE_MINUTES", "-5"),
             ("REFRESH_TOKEN_EXPIRE_DAYS", "0"),
-            ("JWT_ALGORITHM", "RS256"),
+            ("JWT_ALGORITHM", "PS256"),
             ("JWT_ALGORITHM", "none"),
             ("LOG_FORMAT", "xml"),
             ("DATABASE_URL", "mysql://db/app"),

@@ -217,7 +217,23 @@ async fn authenticate(
         Some(Credentials::Unreadable) => return Err(ApiError::InvalidToken),
         Some(Credentials::Bearer(token)) => token,
     };
-    let claims = state.tokens.verify(&token)?;
+    let claims = match state.tokens.verify(&token) {
+        Ok(claims) => claims,
+        // A key made moments ago (a rotation another replica picked up first): look again.
+        Err(tokens::Refused::UnknownKey)
+            if state
+                .tokens
+                .ring()
+                .reload_for_unknown_kid(&state.store)
+                .await =>
+        {
+            state
+                .tokens
+                .verify(&token)
+                .map_err(|_| ApiError::InvalidToken)?
+        }
+        Err(_) => return Err(ApiError::InvalidToken),
+    };
     let user = state
         .store
         .session_user(

@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod filters;
+pub mod keys;
 pub mod openapi;
 pub mod password;
 pub mod routes;
@@ -63,6 +64,8 @@ pub enum StartError {
     Database(#[from] store::OpenError),
     #[error("{0}")]
     Setup(#[from] error::ApiError),
+    #[error("{0}")]
+    Keys(#[from] keys::KeyError),
 }
 
 impl AppState {
@@ -70,17 +73,19 @@ impl AppState {
     pub async fn new(config: Config) -> Result<Self, StartError> {
         let store = Store::open(&config.database, config.database_max_connections).await?;
         let hasher = PasswordHasher::with_cpu_count(config.bcrypt_cost)?;
-        Self::with_parts(config, store, hasher)
+        Self::with_parts(config, store, hasher).await
     }
 
-    /// Assembles a state from parts that are already set up (tests size the hashing pool).
-    pub fn with_parts(
+    /// Assembles a state from parts that are already set up (tests size the hashing pool); the
+    /// signing keys are read (or, the first time, made) here.
+    pub async fn with_parts(
         config: Config,
         store: Store,
         hasher: PasswordHasher,
     ) -> Result<Self, StartError> {
+        let ring = keys::KeyRing::load(&config, &store).await?;
         Ok(Self(Arc::new(State {
-            tokens: TokenKeys::new(&config)?,
+            tokens: TokenKeys::new(&config, Arc::new(ring)),
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
             }),
@@ -115,6 +120,8 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .or(routes::users::routes(&state))
         .unify()
         .or(routes::admin::routes(&state))
+        .unify()
+        .or(routes::keys::routes(&state))
         .unify()
         .or(routes::docs::routes())
         .unify()

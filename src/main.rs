@@ -38,6 +38,20 @@ enum Command {
     Openapi,
     /// Ask the running server's /health/ready (at HOST/PORT); exit 0 when ready, 1 otherwise.
     Healthcheck,
+    /// The signing keys of an asymmetric JWT_ALGORITHM (EdDSA, ES256, RS256), in the database.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Make a new signing key; running servers sign with it within a minute, and the old key
+    /// verifies (and stays in the JWKS) until its last token expired.
+    Rotate,
+    /// Print each key's id, algorithm, created and retired times (never the private part).
+    List,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +81,17 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Healthcheck => runtime.block_on(healthcheck(&config)),
         Command::Openapi => Ok(()),
+        Command::Keys { action } => runtime.block_on(async {
+            match action {
+                KeysAction::Rotate => commands::keys_rotate(&config).await,
+                KeysAction::List => commands::keys_list(&config).await,
+            }
+            .map(|lines| {
+                for line in lines {
+                    println!("{line}");
+                }
+            })
+        }),
         Command::CreateAdmin {
             email,
             promote_existing,
@@ -106,10 +131,17 @@ async fn serve(config: Config) -> Result<(), CommandError> {
         );
     }
     let addr = config.addr();
-    tracing::info!(database = %config.database, bcrypt_cost = config.bcrypt_cost, "starting");
+    tracing::info!(
+        database = %config.database,
+        backend = if matches!(config.database, warp_auth_api::config::DatabaseLocation::Postgres(_)) { "postgres" } else { "sqlite" },
+        jwt_algorithm = warp_auth_api::keys::algorithm_name(config.jwt_algorithm),
+        bcrypt_cost = config.bcrypt_cost,
+        "starting"
+    );
     let state = AppState::new(config).await?;
     let store = state.store.clone();
     let housekeeping = tokio::spawn(state.clone().maintain());
+    let key_watch = tokio::spawn(state.tokens.ring().clone().watch(store.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| CommandError::Io {
@@ -121,6 +153,7 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     tracing::info!("listening on http://{addr} (API docs at http://{addr}/docs)");
     server::serve(listener, app(state), server::shutdown_signal()).await;
     housekeeping.abort();
+    key_watch.abort();
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "the database did not close cleanly");
     }

@@ -12,7 +12,8 @@ use crate::error::{
     BadRequest, Conflict, FieldError, Forbidden, InternalError, NotFound, PayloadTooLarge, Problem,
     RequestTimeout, ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
-use crate::routes::{admin, docs, ops, users};
+use crate::keys::{JwkSet, PublicJwk};
+use crate::routes::{admin, docs, keys, ops, users};
 use crate::store::{Role, User};
 
 /// The document utoipa generates from the code, pretty-printed, with a final newline.
@@ -45,6 +46,7 @@ pub fn document() -> String {
         admin::list_users,
         admin::set_role,
         admin::delete_user,
+        keys::jwks,
         ops::health,
         ops::ready,
         docs::openapi_json,
@@ -52,7 +54,7 @@ pub fn document() -> String {
         docs::redoc,
     ),
     components(
-        schemas(User, Role, Problem, FieldError),
+        schemas(User, Role, Problem, FieldError, JwkSet, PublicJwk),
         responses(
             BadRequest,
             Unauthorized,
@@ -71,6 +73,7 @@ pub fn document() -> String {
     tags(
         (name = "users", description = "Registration, login, sessions and the caller's own account"),
         (name = "admin", description = "User administration (the admin role)"),
+        (name = "keys", description = "The public keys that verify access tokens"),
         (name = "ops", description = "Health and documentation"),
     )
 )]

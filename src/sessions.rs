@@ -7,7 +7,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::store::{NewSession, Refresh, Rotation, Store, StoreError};
+use crate::store::{NewSession, Refresh, Role, Rotation, Store, StoreError};
 use crate::tokens::{self, RefreshToken};
 
 /// How long a just-spent refresh token still gets the live pair of its session (two tabs
@@ -29,6 +29,7 @@ pub struct TokenPair {
 pub async fn start(
     state: &AppState,
     user_id: i64,
+    role: Role,
     verified_hash: String,
 ) -> Result<TokenPair, ApiError> {
     let session_id = tokens::new_session_id();
@@ -45,7 +46,7 @@ pub async fn start(
             expires_at: now + u64::from(state.config.refresh_token_days) * 86_400,
         })
         .await?;
-    pair(state, user_id, &session_id, refresh.token)
+    pair(state, user_id, role, &session_id, refresh.token)
 }
 
 /// Exchanges a presented refresh token for a new pair of the same session. A spent token
@@ -68,16 +69,18 @@ pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiE
         Refresh::Rotated {
             user_id,
             session_id,
-        } => pair(state, user_id, &session_id, successor.token),
+            role,
+        } => pair(state, user_id, role, &session_id, successor.token),
         Refresh::Grace {
             user_id,
             session_id,
+            role,
             sealed_successor,
         } => {
             let live = presented.unseal(&sealed_successor).ok_or_else(|| {
                 ApiError::Internal("a sealed refresh token of the wrong size".into())
             })?;
-            pair(state, user_id, &session_id, live.token)
+            pair(state, user_id, role, &session_id, live.token)
         }
         Refresh::Reused {
             user_id,
@@ -105,11 +108,12 @@ pub async fn purge_expired(store: &Store) -> Result<usize, StoreError> {
 fn pair(
     state: &AppState,
     user_id: i64,
+    role: Role,
     session_id: &str,
     refresh_token: String,
 ) -> Result<TokenPair, ApiError> {
     Ok(TokenPair {
-        access_token: state.tokens.issue(user_id, session_id)?,
+        access_token: state.tokens.issue(user_id, session_id, role)?,
         expires_in: state.tokens.ttl_seconds(),
         refresh_token,
     })

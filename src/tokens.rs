@@ -4,17 +4,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
-
-/// The media type of access tokens (RFC 9068), written into and required in the JWT header.
-const ACCESS_TOKEN_TYPE: &str = "at+jwt";
-/// Clock skew tolerated on `exp`, `nbf` and `iat`.
-const LEEWAY_SECONDS: u64 = 5;
+use crate::keys::{ACCESS_TOKEN_TYPE, KeyRing, LEEWAY_SECONDS};
+use crate::store::Role;
 
 /// The claims of an access token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,6 +22,10 @@ struct Claims {
     iat: u64,
     jti: String,
     sid: String,
+    /// The role when the token was issued, for other services (this one reads the role anew on
+    /// every request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,58 +39,36 @@ pub struct AccessClaims {
     pub session_id: String,
 }
 
-/// Signs and checks access tokens with the configured secret and algorithm.
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Bad in itself: signature, algorithm, type, lifetime, claims.
+    Invalid,
+    /// It names a key this server does not know (yet: another replica may have just made it).
+    UnknownKey,
+}
+
+/// Signs and checks access tokens with the keys of the [`KeyRing`].
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    header: Header,
-    validation: Validation,
+    ring: Arc<KeyRing>,
     issuer: Option<String>,
     audience: Option<String>,
     ttl_seconds: u64,
 }
 
 impl TokenKeys {
-    pub fn new(config: &Config) -> Result<Self, ApiError> {
-        let key_error =
-            |e: jsonwebtoken::errors::Error| ApiError::Internal(format!("JWT key: {e}"));
-        let encoding = EncodingKey::from_secret(&config.jwt_secret).map_err(key_error)?;
-        let decoding = DecodingKey::from_secret(&config.jwt_secret).map_err(key_error)?;
-        let mut header = Header::new(config.jwt_algorithm);
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-
-        // Only the configured algorithm; `exp`, `iat`, `sub` required; iss/aud when configured;
-        // an `nbf`, when there is one, must have passed.
-        let mut validation = Validation::new(config.jwt_algorithm);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp", "iat", "sub"];
-        if let Some(iss) = &config.jwt_issuer {
-            validation.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        match &config.jwt_audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&required);
-        debug_assert!(matches!(
-            config.jwt_algorithm,
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-        ));
-
-        Ok(Self {
-            encoding,
-            decoding,
-            header,
-            validation,
+    pub fn new(config: &Config, ring: Arc<KeyRing>) -> Self {
+        Self {
+            ring,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             ttl_seconds: u64::from(config.access_token_minutes) * 60,
-        })
+        }
+    }
+
+    /// The keys (for the JWK Set, and reloads).
+    pub fn ring(&self) -> &Arc<KeyRing> {
+        &self.ring
     }
 
     /// Lifetime of an access token in seconds (the `expires_in` of a token response).
@@ -96,8 +76,9 @@ impl TokenKeys {
         self.ttl_seconds
     }
 
-    /// A new access token for this user and session.
-    pub fn issue(&self, user_id: i64, session_id: &str) -> Result<String, ApiError> {
+    /// A new access token for this user and session, signed by the current key (its `kid` in
+    /// the header).
+    pub fn issue(&self, user_id: i64, session_id: &str, role: Role) -> Result<String, ApiError> {
         let now = now_seconds();
         let claims = Claims {
             sub: user_id.to_string(),
@@ -105,26 +86,40 @@ impl TokenKeys {
             iat: now,
             jti: random_id(),
             sid: session_id.to_owned(),
+            role: Some(role),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&self.header, &claims, &self.encoding)
+        self.ring
+            .current()
+            .signer
+            .sign(&claims)
             .map_err(|e| ApiError::Internal(format!("JWT signing: {e}")))
     }
 
-    /// Checks signature, algorithm, type, lifetime, issuer and audience. Every failure is the same
-    /// `InvalidToken`: a caller learns nothing about which check failed.
-    pub fn verify(&self, token: &str) -> Result<AccessClaims, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|_| ApiError::InvalidToken)?;
+    /// Checks the key (by `kid`), signature, algorithm (the key's own), type, lifetime, issuer
+    /// and audience. Every failure but an unknown key is the same [`Refused::Invalid`]: a caller
+    /// learns nothing about which check failed.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, Refused> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid)?;
+        let keys = self.ring.current();
+        let verifier = keys
+            .verifier(header.kid.as_deref())
+            .ok_or(if header.kid.is_some() {
+                Refused::UnknownKey
+            } else {
+                Refused::Invalid
+            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
+            .map_err(|_| Refused::Invalid)?;
         let typ_ok = data.header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
                 || t.eq_ignore_ascii_case("application/at+jwt")
         });
         if !typ_ok || data.claims.iat > now_seconds() + LEEWAY_SECONDS {
-            return Err(ApiError::InvalidToken);
+            return Err(Refused::Invalid);
         }
-        let user_id = canonical_user_id(&data.claims.sub).ok_or(ApiError::InvalidToken)?;
+        let user_id = canonical_user_id(&data.claims.sub).ok_or(Refused::Invalid)?;
         Ok(AccessClaims {
             user_id,
             session_id: data.claims.sid,
@@ -221,7 +216,7 @@ mod tests {
     fn keys(pairs: &[(&str, &str)]) -> TokenKeys {
         let config =
             Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
-        TokenKeys::new(&config).unwrap()
+        TokenKeys::new(&config, Arc::new(KeyRing::hmac(&config).unwrap()))
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -229,7 +224,7 @@ mod tests {
     #[test]
     fn round_trip() {
         let k = keys(&[("JWT_SECRET", SECRET)]);
-        let t = k.issue(7, "s1").unwrap();
+        let t = k.issue(7, "s1", Role::Member).unwrap();
         assert_eq!(
             k.verify(&t).unwrap(),
             AccessClaims {
@@ -239,7 +234,13 @@ mod tests {
         );
         let header = jsonwebtoken::decode_header(&t).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256);
+        assert!(
+            header
+                .kid
+                .as_deref()
+                .is_some_and(|kid| kid.starts_with("hs-"))
+        );
     }
 
     #[test]
@@ -255,21 +256,30 @@ mod tests {
             ("JWT_ISSUER", "them"),
             ("JWT_AUDIENCE", "you"),
         ]);
-        assert!(with.verify(&with.issue(1, "s").unwrap()).is_ok());
-        assert!(with.verify(&without.issue(1, "s").unwrap()).is_err());
-        assert!(with.verify(&other_iss.issue(1, "s").unwrap()).is_err());
+        assert!(
+            with.verify(&with.issue(1, "s", Role::Member).unwrap())
+                .is_ok()
+        );
+        assert!(
+            with.verify(&without.issue(1, "s", Role::Member).unwrap())
+                .is_err()
+        );
+        assert!(
+            with.verify(&other_iss.issue(1, "s", Role::Member).unwrap())
+                .is_err()
+        );
     }
 
     /// A token of `k`'s header and key with the claims of a real one, `changes` applied.
     fn resigned(k: &TokenKeys, changes: serde_json::Value) -> String {
-        let real = k.issue(7, "s1").unwrap();
+        let real = k.issue(7, "s1", Role::Member).unwrap();
         let mut claims = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(&real)
             .unwrap()
             .claims;
         for (name, value) in changes.as_object().unwrap() {
             claims[name] = value.clone();
         }
-        jsonwebtoken::encode(&k.header, &claims, &k.encoding).unwrap()
+        k.ring.current().signer.sign(&claims).unwrap()
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod docs;
+pub mod keys;
 pub mod ops;
 pub mod users;
 

@@ -165,9 +165,10 @@ pub struct LoginForm {
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 pub struct RefreshIn {
-    /// The refresh token of the last token pair; it is spent by this call.
-    #[schema(min_length = 1, max_length = 256)]
-    #[validate(length(min = 1, max = 256, message = "must be a refresh token"))]
+    /// The refresh token of the last token pair; it is spent by this call. (Anything that is
+    /// not one, an access token say, is a 401.)
+    #[schema(min_length = 1, max_length = 4096)]
+    #[validate(length(min = 1, max = 4096, message = "must be a refresh token"))]
     refresh_token: String,
 }
 
@@ -412,7 +413,7 @@ async fn attempt_login(
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
     // wins, and this login gets 401 rather than a session that outlives it.
-    let pair = sessions::start(&state, credentials.user_id, verified_hash)
+    let pair = sessions::start(&state, credentials.user_id, credentials.role, verified_hash)
         .await
         .inspect_err(|e| {
             if matches!(e, ApiError::InvalidCredentials) {

@@ -91,11 +91,12 @@ pub struct User {
     pub created_at: String,
 }
 
-/// What login needs to check a password.
+/// What login needs to check a password (and the role its token will carry).
 #[derive(Debug)]
 pub struct Credentials {
     pub user_id: i64,
     pub password_hash: String,
+    pub role: Role,
 }
 
 /// A new session: its id, its user, the hash of its first refresh token and its end.
@@ -132,11 +133,16 @@ impl OpenError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refresh {
     /// The live token of a session: it is now spent and the new one is live.
-    Rotated { user_id: i64, session_id: String },
+    Rotated {
+        user_id: i64,
+        session_id: String,
+        role: Role,
+    },
     /// The token spent last, again within the grace window: the live token, sealed under it.
     Grace {
         user_id: i64,
         session_id: String,
+        role: Role,
         sealed_successor: Vec<u8>,
     },
     /// A spent token outside the grace window: its session has been revoked.
@@ -160,6 +166,38 @@ pub struct Rotation {
 pub struct Page {
     pub items: Vec<User>,
     pub total: i64,
+}
+
+/// A signing key as stored: its id, algorithm, private key (DER) and lifetime.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub kid: String,
+    pub algorithm: String,
+    pub private_der: Vec<u8>,
+    pub created_at: i64,
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private part.
+        f.debug_struct("StoredKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("created_at", &self.created_at)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a new signing key is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddKey {
+    /// Only when no key of its algorithm signs yet (the first start); else the one that does is
+    /// kept, so replicas starting together end with one key.
+    IfNone,
+    /// A rotation: every signing key is retired (`now`), and this one signs.
+    Rotate,
 }
 
 /// A key of the shared login throttle (a hashed account, or a client address) and its limit.
@@ -306,6 +344,27 @@ impl Store {
     /// admin (checked as in `set_role`). Unknown is `NotFound`; the last admin is `LastAdmin`.
     pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
         dispatch!(self.delete_user(actor_id, user_id))
+    }
+
+    // Signing keys.
+
+    /// Every signing key (retired ones included, until housekeeping removes them).
+    pub async fn signing_keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        dispatch!(self.signing_keys())
+    }
+
+    /// Adds a signing key in one transaction (see [`AddKey`]); the key that signs afterwards.
+    pub async fn add_signing_key(
+        &self,
+        key: StoredKey,
+        how: AddKey,
+    ) -> Result<StoredKey, StoreError> {
+        dispatch!(self.add_signing_key(key, how))
+    }
+
+    /// Housekeeping: keys retired before `before` go (their last tokens have expired).
+    pub async fn purge_signing_keys(&self, before: i64) -> Result<u64, StoreError> {
+        dispatch!(self.purge_signing_keys(before))
     }
 
     // Sessions.

@@ -397,7 +397,7 @@ fn a_bad_variable_stops_the_start_with_its_name() {
         ("DATABASE_MAX_CONNECTIONS", "0"),
         ("ACCESS_TOKEN_EXPIRE_MINUTES", "0"),
         ("LOG_FORMAT", "yaml"),
-        ("JWT_ALGORITHM", "RS256"),
+        ("JWT_ALGORITHM", "PS256"),
         ("RUST_LOG", "foo=bar=baz"),
         ("DATABASE_URL", "postgresql:app"),
     ] {

@@ -189,6 +189,20 @@ impl TestApp {
         Self::in_dir(dir, vars).await
     }
 
+    /// Another app on this app's database (a second process on the SQLite file, a second
+    /// replica on PostgreSQL).
+    pub async fn sibling(&self, vars: &[(&str, &str)]) -> Self {
+        match BACKEND {
+            Backend::Postgres => self.replica(vars).await,
+            Backend::Sqlite => {
+                let db = self.db_path().display().to_string();
+                let mut all = vars.to_vec();
+                all.push(("DATABASE_URL", &db));
+                Self::in_dir(tempfile::tempdir().unwrap(), &all).await
+            }
+        }
+    }
+
     /// An app with a hashing pool of the given size.
     pub async fn with_hasher(workers: usize, queue: usize, cost: u32) -> Self {
         init_log();
@@ -198,7 +212,7 @@ impl TestApp {
             .await
             .unwrap();
         let hasher = PasswordHasher::new(cost, workers, queue).unwrap();
-        let state = AppState::with_parts(config, store, hasher).unwrap();
+        let state = AppState::with_parts(config, store, hasher).await.unwrap();
         Self::from_state(state, dir)
     }
 

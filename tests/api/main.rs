@@ -37,6 +37,8 @@ mod sqlite {
     pub mod helpers;
     #[path = "input.rs"]
     mod input;
+    #[path = "keys.rs"]
+    mod keys;
     #[path = "openapi.rs"]
     mod openapi;
     #[path = "ops.rs"]
@@ -70,6 +72,8 @@ mod postgres {
     pub mod helpers;
     #[path = "input.rs"]
     mod input;
+    #[path = "keys.rs"]
+    mod keys;
     #[path = "ops.rs"]
     mod ops;
     #[path = "replicas.rs"]

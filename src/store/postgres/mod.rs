@@ -13,6 +13,7 @@
 //! (`StoreError::Unavailable`); the pool drops dead connections and makes new ones once the
 //! server is back.
 
+mod keys;
 mod sessions;
 mod throttle;
 mod users;
@@ -27,9 +28,10 @@ use super::{OpenError, Role, StoreError, User};
 use crate::config::PostgresLocation;
 
 /// The migrations, in order: version N is the N-th.
-const MIGRATIONS: &[&str] = &[include_str!(
-    "../../../migrations/postgres/0001_initial.sql"
-)];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/postgres/0001_initial.sql"),
+    include_str!("../../../migrations/postgres/0002_signing_keys.sql"),
+];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
@@ -37,6 +39,8 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 const MIGRATION_LOCK: i64 = 0x7761_7270_6175_7468;
 /// The advisory lock key of role changes and deletions (the last-admin rule).
 const ADMIN_LOCK: i64 = MIGRATION_LOCK + 1;
+/// The advisory lock key of signing-key changes (one first key; one rotation at a time).
+const KEYS_LOCK: i64 = MIGRATION_LOCK + 2;
 
 /// How long a request waits for a pooled connection, or for a new one to connect, before 503.
 const POOL_WAIT: Duration = Duration::from_secs(5);

@@ -3,7 +3,11 @@
 //! writer orders by itself.
 
 use super::{PostgresStore, to_i64, user_columns, user_from_row};
-use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
+use crate::store::{NewSession, Refresh, Role, Rotation, StoreError, User};
+
+fn parse_role(role: String) -> Result<Role, StoreError> {
+    Role::parse(&role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
+}
 
 /// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
 const SPENT_KEPT: i64 = 64;
@@ -71,14 +75,16 @@ impl PostgresStore {
         // finds the token spent and takes the grace path below; it never starts a second chain.
         let live = tx
             .query_opt(
-                "SELECT id, user_id FROM sessions WHERE refresh_hash = $1 AND expires_at > $2
-                 FOR UPDATE",
+                "SELECT s.id, s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.refresh_hash = $1 AND s.expires_at > $2
+                 FOR UPDATE OF s",
                 &[&presented, &now],
             )
             .await?;
         if let Some(row) = live {
             let session_id: String = row.try_get(0)?;
             let user_id: i64 = row.try_get(1)?;
+            let role = parse_role(row.try_get(2)?)?;
             tx.execute(
                 "UPDATE sessions SET refresh_hash = $1, prev_hash = $2, prev_successor = $3, rotated_at = $4
                  WHERE id = $5",
@@ -102,12 +108,14 @@ impl PostgresStore {
             return Ok(Refresh::Rotated {
                 user_id,
                 session_id,
+                role,
             });
         }
 
         let previous = tx
             .query_opt(
-                "SELECT id, user_id, prev_successor, rotated_at, expires_at FROM sessions WHERE prev_hash = $1",
+                "SELECT s.id, s.user_id, s.prev_successor, s.rotated_at, s.expires_at, u.role
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.prev_hash = $1",
                 &[&presented],
             )
             .await?;
@@ -118,6 +126,7 @@ impl PostgresStore {
                 let sealed: Option<Vec<u8>> = row.try_get(2)?;
                 let rotated_at: Option<i64> = row.try_get(3)?;
                 let expires_at: i64 = row.try_get(4)?;
+                let role = parse_role(row.try_get(5)?)?;
                 let in_grace = rotated_at.is_some_and(|at| now - at <= to_i64(r.grace_seconds))
                     && expires_at > now;
                 match sealed {
@@ -125,6 +134,7 @@ impl PostgresStore {
                         return Ok(Refresh::Grace {
                             user_id,
                             session_id,
+                            role,
                             sealed_successor,
                         });
                     }

@@ -46,13 +46,16 @@ impl PostgresStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, password_hash FROM users WHERE lower(email) = $1")
+            .prepare_cached("SELECT id, password_hash, role FROM users WHERE lower(email) = $1")
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
         row.map(|row| {
+            let role: String = row.try_get(2)?;
             Ok(Credentials {
                 user_id: row.try_get(0)?,
                 password_hash: row.try_get(1)?,
+                role: Role::parse(&role)
+                    .ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))?,
             })
         })
         .transpose()

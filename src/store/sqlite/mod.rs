@@ -6,6 +6,7 @@
 //! migrations under `migrations/sqlite/` are applied at start; the version is kept in
 //! `PRAGMA user_version` and checked, so an older binary refuses a newer database.
 
+mod keys;
 mod sessions;
 mod users;
 
@@ -21,7 +22,10 @@ use crate::config::DatabaseLocation;
 
 /// The migrations, in order: version N is the N-th. `PRAGMA user_version` holds the version a
 /// database is at; each start applies the ones after it, in one transaction.
-const MIGRATIONS: &[&str] = &[include_str!("../../../migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../../migrations/sqlite/0002_signing_keys.sql"),
+];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How long a statement waits for another connection's lock before the request gets 503. Short:

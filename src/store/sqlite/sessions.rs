@@ -3,13 +3,14 @@
 
 use tokio_rusqlite::rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{SqliteStore, to_i64, user_from_row};
-use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
+use super::{SqliteStore, role_from_db, to_i64, user_from_row};
+use crate::store::{NewSession, Refresh, Role, Rotation, StoreError, User};
 
 /// The session whose previous refresh token was presented.
 struct Rotated {
     session_id: String,
     user_id: i64,
+    role: Role,
     sealed_successor: Option<Vec<u8>>,
     rotated_at: Option<i64>,
     expires_at: i64,
@@ -73,13 +74,17 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = to_i64(r.now);
             let presented = &r.presented[..];
-            let live: Option<(String, i64)> = tx
+            let live: Option<(String, i64, String)> = tx
                 .prepare_cached(
-                    "SELECT id, user_id FROM sessions WHERE refresh_hash = ?1 AND expires_at > ?2",
+                    "SELECT s.id, s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+                     WHERE s.refresh_hash = ?1 AND s.expires_at > ?2",
                 )?
-                .query_row(params![presented, now], |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(params![presented, now], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
                 .optional()?;
-            if let Some((session_id, user_id)) = live {
+            if let Some((session_id, user_id, role)) = live {
+                let role = role_from_db(&role)?;
                 tx.prepare_cached(
                     "UPDATE sessions SET refresh_hash = ?1, prev_hash = ?2, prev_successor = ?3, rotated_at = ?4
                      WHERE id = ?5",
@@ -96,12 +101,17 @@ impl SqliteStore {
                 )?
                 .execute(params![session_id, SPENT_KEPT])?;
                 tx.commit()?;
-                return Ok(Refresh::Rotated { user_id, session_id });
+                return Ok(Refresh::Rotated {
+                    user_id,
+                    session_id,
+                    role,
+                });
             }
 
             let previous = tx
                 .prepare_cached(
-                    "SELECT id, user_id, prev_successor, rotated_at, expires_at FROM sessions WHERE prev_hash = ?1",
+                    "SELECT s.id, s.user_id, s.prev_successor, s.rotated_at, s.expires_at, u.role
+                     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.prev_hash = ?1",
                 )?
                 .query_row(params![presented], |row| {
                     Ok(Rotated {
@@ -110,6 +120,7 @@ impl SqliteStore {
                         sealed_successor: row.get(2)?,
                         rotated_at: row.get(3)?,
                         expires_at: row.get(4)?,
+                        role: role_from_db(&row.get::<_, String>(5)?)?,
                     })
                 })
                 .optional()?;
@@ -123,6 +134,7 @@ impl SqliteStore {
                     return Ok(Refresh::Grace {
                         user_id: p.user_id,
                         session_id: p.session_id,
+                        role: p.role,
                         sealed_successor: p.sealed_successor.unwrap_or_default(),
                     });
                 }

@@ -52,12 +52,13 @@ impl SqliteStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         self.read(move |c| {
             let mut stmt =
-                c.prepare_cached("SELECT id, password_hash FROM users WHERE email = ?1")?;
+                c.prepare_cached("SELECT id, password_hash, role FROM users WHERE email = ?1")?;
             Ok(stmt
                 .query_row(params![email], |row| {
                     Ok(Credentials {
                         user_id: row.get(0)?,
                         password_hash: row.get(1)?,
+                        role: role_from_db(&row.get::<_, String>(2)?)?,
                     })
                 })
                 .optional()?)
