@@ -111,8 +111,13 @@ pub fn patch_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     normalize_name(d).map(Some)
 }
 
-/// A full name is at most 100 characters.
+/// A full name is at most 100 characters, none of them a control character (a NUL or a line
+/// break has no place in a name, and PostgreSQL cannot store a NUL).
 pub fn name_length(name: &str) -> Result<(), ValidationError> {
+    if name.chars().any(char::is_control) {
+        return Err(ValidationError::new("characters")
+            .with_message("must not contain control characters".into()));
+    }
     if name.chars().count() > 100 {
         return Err(
             ValidationError::new("length").with_message("must be at most 100 characters".into())

@@ -22,7 +22,7 @@ use crate::filters::{
 };
 use crate::routes::no_content;
 use crate::sessions::{self, TokenPair};
-use crate::store::{Role, User};
+use crate::store::{Role, StoreError, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
@@ -133,7 +133,7 @@ pub struct RegisterIn {
     password: String,
     /// Trimmed; at most 100 characters; an empty string becomes null.
     #[serde(default, deserialize_with = "normalize_name")]
-    #[validate(length(max = 100, message = "must be at most 100 characters"))]
+    #[validate(custom(function = "validation::name_length"))]
     #[schema(example = "Alice", max_length = 100)]
     full_name: Option<String>,
 }
@@ -398,7 +398,7 @@ async fn attempt_login(
     attempt.succeeded().await;
     let mut verified_hash = credentials.password_hash;
     if state.hasher.needs_rehash(&verified_hash) {
-        let new_hash = state.hasher.hash(body.password).await?;
+        let new_hash = state.hasher.hash(body.password.clone()).await?;
         if state
             .store
             .rehash_password(credentials.user_id, verified_hash.clone(), new_hash.clone())
@@ -409,6 +409,17 @@ async fn attempt_login(
                 "password re-hashed at the configured cost"
             );
             verified_hash = new_hash;
+        } else if let Some(now_stored) = state.store.password_hash(credentials.user_id).await? {
+            // The hash changed since it was read: a racing login re-hashed it (then this password
+            // still matches it), or the password changed (then it does not, and 401 is right).
+            if state
+                .hasher
+                .verify(body.password, Some(now_stored.clone()))
+                .await?
+                .valid
+            {
+                verified_hash = now_stored;
+            }
         }
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
@@ -523,7 +534,15 @@ pub(crate) async fn update_profile(
     )
 )]
 pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
-    state.store.delete_user(None, auth.user.id).await?;
+    state
+        .store
+        .delete_user(None, auth.user.id)
+        .await
+        .map_err(|e| match e {
+            // Deleted meanwhile (by an admin, or a racing DELETE /me): its token is dead.
+            StoreError::NotFound => ApiError::InvalidToken,
+            other => other.into(),
+        })?;
     tracing::info!(user_id = auth.user.id, "account deleted");
     Ok(no_content())
 }

@@ -193,8 +193,9 @@ impl std::fmt::Debug for StoredKey {
 /// How a new signing key is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddKey {
-    /// Only when no key of its algorithm signs yet (the first start); else the one that does is
-    /// kept, so replicas starting together end with one key.
+    /// Only when no key of its algorithm signs yet (the first start, or a changed
+    /// `JWT_ALGORITHM`, whose old keys then retire); else the one that does is kept, so replicas
+    /// starting together end with one key.
     IfNone,
     /// A rotation: every signing key is retired (`now`), and this one signs.
     Rotate,

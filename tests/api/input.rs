@@ -388,3 +388,30 @@ fn the_binary_reads_a_bearer_token_after_a_tab() {
     let me = binary_me(&server, &format!("Bearer\t{token}")).expect(200);
     assert_eq!(me["email"], "sam@example.com");
 }
+
+#[tokio::test]
+async fn a_full_name_with_a_control_character_is_refused_on_either_backend() {
+    let app = TestApp::new().await;
+    for name in ["a\u{0}b", "line\nbreak", "\u{7}"] {
+        let r = app
+            .post_json(
+                "/api/v1/users/register",
+                &serde_json::json!({"email": "nul@example.com", "password": PASSWORD, "full_name": name}),
+            )
+            .await;
+        r.problem(400);
+        assert_eq!(r.error_fields(), ["full_name"], "{name:?}");
+    }
+    let token = app.token("alice@example.com").await;
+    let r = app
+        .send(
+            warp::test::request()
+                .method("PATCH")
+                .path("/api/v1/users/me")
+                .header("authorization", format!("Bearer {token}"))
+                .json(&serde_json::json!({"full_name": "x\u{0}"})),
+        )
+        .await;
+    r.problem(400);
+    assert_eq!(r.error_fields(), ["full_name"]);
+}

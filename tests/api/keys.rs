@@ -360,3 +360,23 @@ fn keys_rotate_and_list_through_the_binary_with_no_private_part_anywhere() {
     assert!(!ok);
     assert!(out.contains("JWT_PREVIOUS_SECRETS"), "{out}");
 }
+
+#[tokio::test]
+async fn a_changed_algorithm_retires_the_old_key_instead_of_keeping_it_live() {
+    let app = TestApp::with(&[("JWT_ALGORITHM", "ES256")]).await;
+    let old = access(&app.user("alice@example.com").await);
+    let dir = app.dir;
+    let switched = TestApp::in_dir(dir, &[("JWT_ALGORITHM", "EdDSA")]).await;
+    let stored = switched.state.store.signing_keys().await.unwrap();
+    assert_eq!(stored.len(), 2);
+    let es = stored.iter().find(|k| k.algorithm == "ES256").unwrap();
+    assert!(es.retired_at.is_some(), "the ES256 key must retire");
+    assert!(stored.iter().any(|k| k.algorithm == "EdDSA" && k.retired_at.is_none()));
+    // It still verifies its tokens until they expire, and new tokens are EdDSA.
+    switched.me(&old).await.assert_status(200);
+    let new = access(&switched.login("alice@example.com", PASSWORD).await.json());
+    assert_eq!(
+        jsonwebtoken::decode_header(&new).unwrap().alg,
+        Algorithm::EdDSA
+    );
+}

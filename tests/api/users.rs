@@ -323,3 +323,23 @@ async fn users_and_tokens_survive_a_restart_with_the_same_secret() {
         .await
         .assert_status(200);
 }
+
+#[tokio::test]
+async fn logins_racing_to_replace_a_hash_of_another_cost_all_succeed() {
+    for round in 0..4 {
+        let app = TestApp::new().await;
+        app.register("alice@example.com", PASSWORD)
+            .await
+            .assert_status(201);
+        // Restarted with another cost: the stored hash is of the old one.
+        let dir = app.dir;
+        let app = TestApp::in_dir(dir, &[("BCRYPT_COST", "5")]).await;
+        let logins = (0..4).map(|_| app.login("alice@example.com", PASSWORD));
+        for r in futures_util::future::join_all(logins).await {
+            r.assert_status(200);
+            let _ = round;
+        }
+        let hash = app.query_text("SELECT password_hash FROM users").await;
+        assert!(hash.starts_with("$2b$05$"), "{hash}");
+    }
+}

@@ -56,14 +56,15 @@ impl PostgresStore {
                     });
                 }
             }
-            AddKey::Rotate => {
-                tx.execute(
-                    "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL",
-                    &[&key.created_at],
-                )
-                .await?;
-            }
+            AddKey::Rotate => {}
         }
+        // Every key that signed so far retires (also one of another algorithm, when
+        // JWT_ALGORITHM changed): it verifies its tokens until they expire, no longer.
+        tx.execute(
+            "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL",
+            &[&key.created_at],
+        )
+        .await?;
         tx.execute(
             "INSERT INTO signing_keys (kid, algorithm, private_der, created_at) VALUES ($1, $2, $3, $4)",
             &[&key.kid, &key.algorithm, &key.private_der, &key.created_at],

@@ -228,8 +228,19 @@ impl From<tokio_postgres::Error> for StoreError {
             None => err.to_string(),
         };
         let Some(code) = err.code() else {
-            // No SQLSTATE: the connection failed or closed (a server restarting, a network cut).
-            return StoreError::Unavailable(text);
+            // No SQLSTATE: the connection failed or closed (a server restarting, a network cut),
+            // or the driver refused what it read (a type, a row count): that is a bug, not an
+            // outage.
+            let connection = err.is_closed()
+                || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
+                || text.contains("connect")
+                || text.contains("TLS")
+                || text.contains("timed out");
+            return if connection {
+                StoreError::Unavailable(text)
+            } else {
+                StoreError::Internal(text)
+            };
         };
         let class = &code.code()[..2];
         if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED {

@@ -49,13 +49,12 @@ impl SqliteStore {
                         return Ok(existing);
                     }
                 }
-                AddKey::Rotate => {
-                    tx.prepare_cached(
-                        "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
-                    )?
-                    .execute(params![key.created_at])?;
-                }
+                AddKey::Rotate => {}
             }
+            // Every key that signed so far retires (also one of another algorithm, when
+            // JWT_ALGORITHM changed): it verifies its tokens until they expire, no longer.
+            tx.prepare_cached("UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL")?
+                .execute(params![key.created_at])?;
             tx.prepare_cached(
                 "INSERT INTO signing_keys (kid, algorithm, private_der, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
