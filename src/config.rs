@@ -55,6 +55,7 @@ struct RawConfig {
     log_format: Option<String>,
     rust_log: Option<String>,
     cors_origins: Option<String>,
+    trusted_proxies: Option<String>,
     login_max_failures: Option<i64>,
 }
 
@@ -234,6 +235,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub rust_log: String,
     pub cors_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub login_max_failures: u32,
 }
 
@@ -257,6 +260,7 @@ impl fmt::Debug for Config {
             .field("bcrypt_cost", &self.bcrypt_cost)
             .field("log_format", &self.log_format)
             .field("cors_origins", &self.cors_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("login_max_failures", &self.login_max_failures)
             .finish()
     }
@@ -451,6 +455,30 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&rust_log)
             .map_err(|e| bad("RUST_LOG", format!("is not a valid filter: {e}")))?;
 
+        let mut trusted_proxies = Vec::new();
+        for entry in raw
+            .trusted_proxies
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let net = entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "TRUSTED_PROXIES",
+                        format!(
+                            "must be a comma-separated list of addresses or CIDRs (e.g. \
+                             10.0.0.0/8, 192.0.2.7), not {entry:?}"
+                        ),
+                    )
+                })?;
+            trusted_proxies.push(net.trunc());
+        }
+
         let mut cors_origins = Vec::new();
         for origin in raw.cors_origins.as_deref().unwrap_or("").split(',') {
             let origin = origin.trim();
@@ -498,6 +526,7 @@ impl Config {
             log_format,
             rust_log,
             cors_origins,
+            trusted_proxies,
             login_max_failures,
         })
     }

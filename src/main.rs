@@ -151,7 +151,14 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     // PORT=0 picks a free port: the line below tells which.
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!("listening on http://{addr} (API docs at http://{addr}/docs)");
-    server::serve(listener, app(state), server::shutdown_signal()).await;
+    let trusted_proxies = state.config.trusted_proxies.clone();
+    server::serve(
+        listener,
+        app(state),
+        trusted_proxies,
+        server::shutdown_signal(),
+    )
+    .await;
     housekeeping.abort();
     key_watch.abort();
     if let Err(e) = store.close().await {

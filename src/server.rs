@@ -23,6 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
@@ -45,11 +46,15 @@ const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Connections from `trusted_proxies` are not capped per address, and their requests' client is
+/// the right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
 pub async fn serve(
     listener: TcpListener,
     app: BoxedFilter<(Response,)>,
+    trusted_proxies: Vec<IpNet>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let trusted: Arc<[IpNet]> = trusted_proxies.into();
     let mut http = http1::Builder::new();
     // Generous here, so that the check below, which answers in problem+json, sees the request.
     http.max_headers(2 * MAX_HEADERS)
@@ -81,15 +86,29 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Some(client_slot) = clients.admit(peer.ip()) else {
-            // Over its share: closed at once (dropping the stream), which frees the global slot.
-            drop(stream);
-            continue;
+        let from_proxy = is_trusted(&trusted, peer.ip());
+        let client_slot = if from_proxy {
+            // A proxy carries many clients' connections: the per-address share is not its.
+            None
+        } else {
+            let Some(slot) = clients.admit(peer.ip()) else {
+                // Over its share: closed at once (dropping the stream), which frees the global
+                // slot.
+                drop(stream);
+                continue;
+            };
+            Some(slot)
         };
         let _ = stream.set_nodelay(true);
         let warp_service = warp::service(app.clone());
+        let trusted = trusted.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(ClientAddr(peer.ip()));
+            let client = if from_proxy {
+                forwarded_client(request.headers(), &trusted).unwrap_or(peer.ip())
+            } else {
+                peer.ip()
+            };
+            request.extensions_mut().insert(ClientAddr(client));
             let request_id = request.headers().get("x-request-id").cloned();
             let too_large = head_too_large(request.headers());
             let mut inner = warp_service.clone();
@@ -124,6 +143,42 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
         }
     }
+}
+
+fn is_trusted(trusted: &[IpNet], addr: IpAddr) -> bool {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    trusted.iter().any(|net| net.contains(&addr))
+}
+
+/// The client a trusted proxy forwards for: the right-most address of `X-Forwarded-For` (all
+/// such headers, in order) that is not a trusted proxy itself; the left part can be forged by
+/// the client, the part added by trusted proxies cannot. `None` when there is none to believe.
+fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let mut hops: Vec<&str> = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        hops.extend(value.to_str().ok()?.split(',').map(str::trim));
+    }
+    for hop in hops.iter().rev() {
+        let addr = parse_hop(hop)?;
+        if !is_trusted(trusted, addr) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// One `X-Forwarded-For` entry: an address, maybe with a port (`192.0.2.1:4711`, `[2001:db8::1]:80`).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(addr) = hop.parse::<IpAddr>() {
+        return Some(addr);
+    }
+    if let Ok(socket) = hop.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// The connections each client address holds (IPv6 by its /64, as the login throttle counts).
@@ -264,5 +319,40 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("Ctrl-C received"),
         () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_right_most_untrusted_forwarded_address() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.7/32".parse().unwrap(),
+        ];
+        let client = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+            }
+            forwarded_client(&headers, &trusted)
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(client(&["198.51.100.1"]), ip("198.51.100.1"));
+        // A client cannot hide behind a forged left part.
+        assert_eq!(client(&["6.6.6.6, 198.51.100.1"]), ip("198.51.100.1"));
+        // Trusted hops are skipped; several headers are one list.
+        assert_eq!(
+            client(&["198.51.100.1, 10.1.2.3", "192.0.2.7"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(client(&["[2001:db8::1]:4711"]), ip("2001:db8::1"));
+        assert_eq!(client(&["198.51.100.1:80"]), ip("198.51.100.1"));
+        assert_eq!(client(&["10.0.0.1"]), None, "only proxies: none to believe");
+        assert_eq!(client(&["garbage, 10.0.0.1"]), None);
+        assert_eq!(client(&[]), None);
+        assert!(is_trusted(&trusted, "::ffff:10.0.0.5".parse().unwrap()));
     }
 }

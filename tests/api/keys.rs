@@ -371,7 +371,11 @@ async fn a_changed_algorithm_retires_the_old_key_instead_of_keeping_it_live() {
     assert_eq!(stored.len(), 2);
     let es = stored.iter().find(|k| k.algorithm == "ES256").unwrap();
     assert!(es.retired_at.is_some(), "the ES256 key must retire");
-    assert!(stored.iter().any(|k| k.algorithm == "EdDSA" && k.retired_at.is_none()));
+    assert!(
+        stored
+            .iter()
+            .any(|k| k.algorithm == "EdDSA" && k.retired_at.is_none())
+    );
     // It still verifies its tokens until they expire, and new tokens are EdDSA.
     switched.me(&old).await.assert_status(200);
     let new = access(&switched.login("alice@example.com", PASSWORD).await.json());

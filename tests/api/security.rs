@@ -448,3 +448,60 @@ fn head_answers_like_get_without_a_body() {
     assert_eq!(refused.status, 405);
     assert_eq!(refused.header("allow"), Some("GET, HEAD"));
 }
+
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_counts_on_its_own() {
+    let guess = |server: &Server, email: &str, forwarded: &str| {
+        server
+            .json(
+                "POST",
+                "/api/v1/users/login",
+                &json!({"email": email, "password": "Wrong-password-1"}),
+                &[("X-Forwarded-For", forwarded)],
+            )
+            .status
+    };
+    // LOGIN_MAX_FAILURES=1: ten failures per address.
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("LOGIN_MAX_FAILURES", "1"),
+        ("TRUSTED_PROXIES", "127.0.0.0/8"),
+    ];
+    let server = Server::start(dir.path(), &vars);
+    for i in 0..10 {
+        assert_eq!(
+            guess(&server, &format!("u{i}@example.com"), "198.51.100.7"),
+            401
+        );
+    }
+    assert_eq!(guess(&server, "fresh@example.com", "198.51.100.7"), 429);
+    // A forged left part does not help: the proxy appended the real address.
+    assert_eq!(
+        guess(&server, "fresh@example.com", "203.0.113.9, 198.51.100.7"),
+        429
+    );
+    // Another client behind the same proxy is not throttled.
+    assert_eq!(guess(&server, "fresh@example.com", "198.51.100.8"), 401);
+    // The proxy's own connections are not capped per address.
+    let mut held: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(server.addr).unwrap())
+        .collect();
+    let closed = held
+        .iter_mut()
+        .filter_map(|s| closed_within(s, Duration::from_millis(20)).then_some(()))
+        .count();
+    assert_eq!(closed, 0, "a trusted proxy's connections were closed");
+    drop(held);
+
+    // Without TRUSTED_PROXIES the header is not believed: every guess is the peer's.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("LOGIN_MAX_FAILURES", "1")]);
+    for i in 0..10 {
+        let forwarded = format!("198.51.100.{i}");
+        assert_eq!(
+            guess(&server, &format!("u{i}@example.com"), &forwarded),
+            401
+        );
+    }
+    assert_eq!(guess(&server, "fresh@example.com", "198.51.100.99"), 429);
+}

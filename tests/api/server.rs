@@ -15,7 +15,7 @@ async fn a_panic_in_a_handler_is_a_problem_500_and_the_server_lives_on() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(warp_auth_api::server::serve(listener, app, async {
+    let server = tokio::spawn(warp_auth_api::server::serve(listener, app, vec![], async {
         let _ = stopped.await;
     }));
 
