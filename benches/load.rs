@@ -12,12 +12,15 @@
 //! * register throughput and p50/p99 at 16 connections: at the production cost one bcrypt hash
 //!   per registration bounds it, as verify bounds login, so it says little about the database;
 //! * after each phase, where the CPU went (cores used by the client, the server, PostgreSQL,
-//!   and the rest of the machine), from /proc;
+//!   nginx, and the rest of the machine), from /proc;
 //!
 //! and the contract's targets as ratios of figures from this run. With both backends it then
-//! prints each PostgreSQL figure as a ratio of SQLite's (same build, same run).
+//! prints each PostgreSQL figure as a ratio of SQLite's (same build, same run). With PostgreSQL
+//! it then runs the replicas phase: two servers on the PostgreSQL database, nginx on loopback in
+//! front of them (round robin, keepalive upstream connections), and `/me` at 64 connections
+//! through nginx to one replica and to both, and to each replica directly, with the ratios.
 //!
-//! The client runs on the same machine as the server (and PostgreSQL), so absolute
+//! The client runs on the same machine as the servers (and PostgreSQL and nginx), so absolute
 //! figures say as much about the machine as about the server.
 //!
 //! Settings (environment):
@@ -32,12 +35,15 @@
 //!   binaries, `fsync` and `synchronous_commit` off, where SQLite commits with
 //!   `synchronous = FULL`); without PostgreSQL installed, asking for it fails with what to
 //!   install;
+//! * `BENCH_REPLICAS=0` skips the replicas phase; `BENCH_NGINX`: the nginx binary (default
+//!   `nginx` on PATH, else /usr/sbin/nginx; without one the phase is skipped, saying so);
 //! * `DATABASE_MAX_CONNECTIONS` passes through to the servers (PostgreSQL's pool, default 16).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,6 +205,9 @@ struct Stats {
     errors: usize,
     seconds: f64,
     latencies_us: Vec<u64>,
+    /// Requests per CPU-second that the measured processes and irq used (`Meter::report`):
+    /// what the load costs, whatever else the machine was doing. NaN until measured.
+    per_cpu_second: f64,
 }
 
 impl Stats {
@@ -300,6 +309,7 @@ async fn drive(
         errors: 0,
         seconds: 0.0,
         latencies_us: Vec::new(),
+        per_cpu_second: f64::NAN,
     };
     for task in tasks {
         let (requests, errors, latencies) = task.await.expect("load task");
@@ -333,7 +343,7 @@ struct Meter {
     ticks_per_second: f64,
 }
 
-/// A process, or a process and its direct children (PostgreSQL's backends).
+/// A process, or a process and its direct children (PostgreSQL's backends, nginx's workers).
 struct Group {
     name: &'static str,
     pid: u32,
@@ -422,8 +432,10 @@ impl Meter {
     }
 
     /// "cpu, cores: client 0.93, server 0.88, ..., irq 0.05, rest of the machine 0.02 (busy
-    /// 1.95 of 2)": the rest is every other process (another user's build, kernel threads).
-    fn report(&self, before: &Sample, after: &Sample) -> String {
+    /// 1.95 of 2); 8123 requests per CPU-second": the rest is every other process (another
+    /// user's build, kernel threads); the last figure counts the groups' and irq's time (irq is
+    /// mostly loopback TCP here) and is set in `stats`.
+    fn report(&self, before: &Sample, after: &Sample, stats: &mut Stats) -> String {
         let seconds = after.at.duration_since(before.at).as_secs_f64();
         let cores = |ticks: u64| ticks as f64 / self.ticks_per_second / seconds;
         let mut parts = Vec::new();
@@ -445,12 +457,16 @@ impl Meter {
         let machine = after.machine.saturating_sub(before.machine);
         let irq = after.irq.saturating_sub(before.irq);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        stats.per_cpu_second =
+            stats.requests as f64 / ((ours + irq) as f64 / self.ticks_per_second);
         format!(
-            "    cpu, cores: {}, irq {:.2}, rest of the machine {:.2} (busy {:.2} of {cpus})",
+            "    cpu, cores: {}, irq {:.2}, rest of the machine {:.2} (busy {:.2} of {cpus}); \
+             {:.1} requests per CPU-second",
             parts.join(", "),
             cores(irq),
             cores(machine.saturating_sub(ours + irq)),
-            cores(machine)
+            cores(machine),
+            stats.per_cpu_second
         )
     }
 }
@@ -484,10 +500,10 @@ async fn phase(
     tokens: &Arc<Vec<String>>,
 ) -> Stats {
     let before = meter.sample();
-    let stats = drive(addr, load, connections, duration, tokens.clone()).await;
+    let mut stats = drive(addr, load, connections, duration, tokens.clone()).await;
     let after = meter.sample();
     println!("{}", stats.line(name));
-    println!("{}", meter.report(&before, &after));
+    println!("{}", meter.report(&before, &after, &mut stats));
     stats
 }
 
@@ -522,6 +538,7 @@ struct Subject {
     server: Server,
     meter: Meter,
     tokens: Arc<Vec<String>>,
+    database_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -646,6 +663,7 @@ async fn run() {
             server,
             meter: Meter::new(groups),
             tokens,
+            database_url,
             _dir: dir,
         });
     }
@@ -664,7 +682,17 @@ async fn run() {
     let find = |backend| subjects.iter().position(|s| s.backend == backend);
     if let (Some(s), Some(p)) = (find(Backend::Sqlite), find(Backend::Postgres)) {
         println!();
-        compare(&figures[s], &figures[p]);
+        compare(&figures[s], &figures[p], settings.cost);
+    }
+
+    if let (Some(p), Some(cluster)) = (find(Backend::Postgres), &cluster) {
+        println!();
+        if std::env::var("BENCH_REPLICAS").is_ok_and(|v| v.trim() == "0") {
+            println!("replicas phase skipped (BENCH_REPLICAS=0)");
+        } else {
+            // The PostgreSQL subject's server stays up, idle: the replicas are two new ones.
+            replicas(&subjects[p], cluster.port(), &settings).await;
+        }
     }
 }
 
@@ -786,14 +814,15 @@ async fn measure(subjects: &[Subject], settings: &Settings) -> Vec<Figures> {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = s.meter.sample();
-        let me_storm = drive(&s.server.addr, Load::Me, 64, duration, s.tokens.clone()).await;
+        let mut me_storm = drive(&s.server.addr, Load::Me, 64, duration, s.tokens.clone()).await;
         let after = s.meter.sample();
         let storm = storm.await.expect("storm");
         println!(
             "{}",
             me_storm.line(&format!("{}{:<34}", s.tag, "GET /me during a login storm"))
         );
-        println!("{}", s.meter.report(&before, &after));
+        // Its requests per CPU-second count the storm's logins' CPU too.
+        println!("{}", s.meter.report(&before, &after, &mut me_storm));
         println!(
             "{}",
             storm.line(&format!("{}  (the storm: POST /login, 32 conns)", s.tag))
@@ -915,11 +944,11 @@ fn targets(subject: &Subject, f: &Figures, settings: &Settings) {
 }
 
 /// Each PostgreSQL figure as a ratio of SQLite's.
-fn compare(sqlite: &Figures, postgres: &Figures) {
+fn compare(sqlite: &Figures, postgres: &Figures, cost: u32) {
     println!("PostgreSQL / SQLite (same build, this run):");
     println!(
-        "  {:<32} {:>12} {:>12} {:>7}   {:>9} {:>9}",
-        "", "sqlite req/s", "pg req/s", "ratio", "p50 ratio", "p99 ratio"
+        "  {:<32} {:>12} {:>12} {:>7}   {:>9} {:>9} {:>13}",
+        "", "sqlite req/s", "pg req/s", "ratio", "p50 ratio", "p99 ratio", "per CPU-s"
     );
     let rows = [
         (
@@ -946,13 +975,265 @@ fn compare(sqlite: &Figures, postgres: &Figures) {
     ];
     for (name, s, p) in rows {
         println!(
-            "  {name:<32} {:>12.1} {:>12.1} {:>7.2}   {:>9.2} {:>9.2}",
+            "  {name:<32} {:>12.1} {:>12.1} {:>7.2}   {:>9.2} {:>9.2} {:>13.2}",
             s.rps(),
             p.rps(),
             p.rps() / s.rps(),
             p.percentile(0.50) / s.percentile(0.50),
-            p.percentile(0.99) / s.percentile(0.99)
+            p.percentile(0.99) / s.percentile(0.99),
+            p.per_cpu_second / s.per_cpu_second
         );
     }
-    println!("  (login and register at cost 12: bcrypt-bound on both backends, see the bound)");
+    println!(
+        "  (per CPU-s: requests per CPU-second of the client, server, PostgreSQL and irq, a ratio \
+         that the rest of the machine's load moves less; login and register at cost {cost}: \
+         one bcrypt each, bound by the hashing threads on both backends)"
+    );
+}
+
+/// nginx on loopback in front of the replicas: `one` proxies to replica A alone, `two` to A and
+/// B (round robin, the default), both over keepalive upstream connections.
+struct Nginx {
+    child: Child,
+    one: String,
+    two: String,
+    workers: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown.
+        terminate(&mut self.child);
+    }
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("BENCH_NGINX").filter(|b| !b.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// Two loopback ports that were free a moment ago.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().expect("address").port(),
+        b.local_addr().expect("address").port(),
+    )
+}
+
+fn start_nginx(bin: &Path, a: &str, b: &str) -> Nginx {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().display().to_string();
+    // As root nginx runs its workers as an unprivileged user: let them into the directory
+    // (it holds only this configuration and the error log).
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the nginx directory");
+    let (port_one, port_two) = free_ports();
+    // keepalive_requests: nginx closes a connection after 1000 requests by default, on either
+    // side; the client here keeps its connections for the whole phase.
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes auto;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    upstream one {{ server {a}; keepalive 64; keepalive_requests 1000000; }}
+    upstream two {{ server {a}; server {b}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port_one};
+        location / {{ proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_two};
+        location / {{ proxy_pass http://two; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+}}
+"#
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let mut nginx = Nginx {
+        child,
+        one: format!("127.0.0.1:{port_one}"),
+        two: format!("127.0.0.1:{port_two}"),
+        workers: String::new(),
+        dir,
+    };
+    let log_path = nginx.dir.path().join("error.log");
+    let error_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = nginx.child.try_wait() {
+            panic!("nginx exited ({status}):\n{}", error_log());
+        }
+        let up = [&nginx.one, &nginx.two]
+            .iter()
+            .all(|addr| std::net::TcpStream::connect(addr.as_str()).is_ok());
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen within 10 s:\n{}",
+            error_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let master = nginx.child.id();
+    let workers = Meter::new(Vec::new())
+        .sample()
+        .processes
+        .values()
+        .filter(|&&(ppid, _)| ppid == master)
+        .count();
+    nginx.workers = format!("{workers} worker processes");
+    nginx
+}
+
+/// One replica against two behind nginx, on the PostgreSQL database of `postgres`'s run.
+async fn replicas(postgres: &Subject, postgres_port: u16, settings: &Settings) {
+    let Some(bin) = nginx_binary() else {
+        println!(
+            "replicas phase skipped: no nginx (BENCH_NGINX, PATH, /usr/sbin; apt-get install nginx)"
+        );
+        return;
+    };
+    let version = Command::new(&bin)
+        .arg("-v")
+        .output()
+        .map(|o| {
+            let v = String::from_utf8_lossy(&o.stderr);
+            v.trim().trim_start_matches("nginx version: ").to_owned()
+        })
+        .unwrap_or_default();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let url = OsStr::new(&postgres.database_url);
+    let a = start_server(dir_a.path(), url, settings.cost);
+    let b = start_server(dir_b.path(), url, settings.cost);
+    let nginx = start_nginx(&bin, &a.addr, &b.addr);
+    println!(
+        "replicas: two servers on one PostgreSQL database (A at {}, B at {}), {version} in front \
+         on loopback ({}, round robin, keepalive upstream connections)",
+        a.addr, b.addr, nginx.workers
+    );
+    let mut groups = vec![
+        Group::process("client", std::process::id()),
+        Group::process("A", a.child.id()),
+        Group::process("B", b.child.id()),
+        Group::tree("nginx", nginx.child.id()),
+    ];
+    groups.extend(postmaster_pid(postgres_port).map(|pid| Group::tree("postgres", pid)));
+    let meter = Meter::new(groups);
+    let tokens = &postgres.tokens;
+    let duration = settings.duration;
+    let direct_a = phase(
+        &meter,
+        "GET /me direct to A, 64 conns",
+        &a.addr,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let one = phase(
+        &meter,
+        "GET /me via nginx, A alone",
+        &nginx.one,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let two = phase(
+        &meter,
+        "GET /me via nginx, A and B",
+        &nginx.two,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let direct_b = phase(
+        &meter,
+        "GET /me direct to B, 64 conns",
+        &b.addr,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    println!();
+    println!("replicas (ratios of this run's figures):");
+    println!(
+        "  {:<42} {:>7} {:>7} {:>10}",
+        "", "req/s", "p99", "per CPU-s"
+    );
+    let rows = [
+        ("two replicas / one, through nginx", &two, &one),
+        ("through nginx / direct, one replica (A)", &one, &direct_a),
+        ("two through nginx / one direct (A)", &two, &direct_a),
+        ("B / A, direct", &direct_b, &direct_a),
+    ];
+    for (name, x, y) in rows {
+        println!(
+            "  {name:<42} {:>7.2} {:>7.2} {:>10.2}",
+            x.rps() / y.rps(),
+            x.percentile(0.99) / y.percentile(0.99),
+            x.per_cpu_second / y.per_cpu_second
+        );
+    }
+    let cpus = settings.cpus as f64;
+    println!(
+        "  (per CPU-s: requests per CPU-second of the client, the servers, nginx, PostgreSQL and \
+         irq; {cpus} CPUs at that cost: direct {:.0}, through nginx to one {:.0}, to two {:.0} \
+         req/s, with the client on them too)",
+        cpus * direct_a.per_cpu_second,
+        cpus * one.per_cpu_second,
+        cpus * two.per_cpu_second
+    );
+    if direct_a.errors + one.errors + two.errors + direct_b.errors > 0 {
+        println!("note: some requests did not answer 200 (see the error counts)");
+    }
 }
