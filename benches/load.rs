@@ -2,21 +2,48 @@
 //!
 //! Starts the release binary on a free loopback port with a temporary database and the
 //! production bcrypt cost, registers users, then drives it with keep-alive HTTP/1.1 connections
-//! (a small hyper client) and prints, from one run:
+//! (a small hyper client) and prints, from one run, for each backend asked for:
 //!
 //! * `/health` and `/me` throughput and p50/p99 latency at 64 connections;
 //! * login throughput and p50/p99 at 16 connections, and the time of one bcrypt verify at the
 //!   same cost, measured here in the same run;
 //! * `/me` p50/p99 at 64 connections while a login storm (32 connections) runs;
 //! * the server's peak RSS;
+//! * register throughput and p50/p99 at 16 connections: at the production cost one bcrypt hash
+//!   per registration bounds it, as verify bounds login, so it says little about the database;
+//! * after each phase, where the CPU went (cores used by the client, the server, PostgreSQL,
+//!   nginx, and the rest of the machine), from /proc;
 //!
-//! and the contract's targets as ratios of figures from this run. The client runs on the same
-//! machine as the server, so absolute figures say as much about the machine as about the server.
+//! and the contract's targets as ratios of figures from this run. With both backends it then
+//! prints each PostgreSQL figure as a ratio of SQLite's (same build, same run). With PostgreSQL
+//! it then runs the replicas phase: two servers on the PostgreSQL database, nginx on loopback in
+//! front of them (round robin, keepalive upstream connections), and `/me` at 64 connections
+//! through nginx to one replica and to both, and to each replica directly, with the ratios.
 //!
-//! Settings (environment): `BENCH_SECONDS` (per phase, default 10), `BENCH_BCRYPT_COST`
-//! (default 12), `BENCH_BIN` (another server binary to measure, e.g. a variant).
+//! The client runs on the same machine as the servers (and PostgreSQL and nginx), so absolute
+//! figures say as much about the machine as about the server.
+//!
+//! Settings (environment):
+//!
+//! * `BENCH_SECONDS` (per phase, default 10), `BENCH_BCRYPT_COST` (default 12), `BENCH_BIN`
+//!   (another server binary to measure, e.g. a variant);
+//! * `BENCH_BACKENDS`: `sqlite`, `postgres`, or both comma-separated. With both, both servers
+//!   run from the start and each phase runs on one backend then the other, so drift on a shared
+//!   machine falls on both. The default is `sqlite` alone: the bench as it was, with nothing
+//!   more to install, whatever the machine has. PostgreSQL runs in a throwaway cluster of the bench's own (the test
+//!   suite's fixture, `tests/api/pg.rs`: initdb in a temporary directory, `PG_BIN` picks the
+//!   binaries, `fsync` and `synchronous_commit` off, where SQLite commits with
+//!   `synchronous = FULL`); without PostgreSQL installed, asking for it fails with what to
+//!   install;
+//! * `BENCH_REPLICAS=0` skips the replicas phase; `BENCH_NGINX`: the nginx binary (default
+//!   `nginx` on PATH, else /usr/sbin/nginx; without one the phase is skipped, saying so);
+//! * `DATABASE_MAX_CONNECTIONS` passes through to the servers (PostgreSQL's pool, default 16).
 
+use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +56,25 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+// The test suite's PostgreSQL fixture; the bench uses `Cluster::start`, `create_database` and
+// `psql`, the rest serves the tests.
+#[allow(dead_code)]
+#[path = "../tests/api/pg.rs"]
+mod pg;
+
 const PASSWORD: &str = "Bench-Password-42";
 const USERS: usize = 16;
+
+/// SIGTERM, then waits for the exit. Through libc: a minimal machine has no `kill` program.
+fn terminate(child: &mut Child) {
+    // The pid is our child's and is not reaped before the wait below, so it names no other
+    // process.
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = child.wait();
+}
 
 struct Server {
     child: Child,
@@ -39,19 +83,17 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
-fn start_server(dir: &std::path::Path, cost: u32) -> Server {
+/// The server on a free loopback port, its working directory `dir`, on `database_url`.
+fn start_server(dir: &Path, database_url: &OsStr, cost: u32) -> Server {
     let bin = std::env::var("BENCH_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_warp-auth-api").to_owned());
     let mut child = Command::new(bin)
         .current_dir(dir)
-        .env("DATABASE_URL", dir.join("bench.db"))
+        .env("DATABASE_URL", database_url)
         .env(
             "JWT_SECRET",
             "bench-secret-0123456789abcdef0123456789abcdef",
@@ -75,10 +117,15 @@ fn start_server(dir: &std::path::Path, cost: u32) -> Server {
             }
         }
     });
-    let addr = rx
+    // Made before the wait: if the server does not start, the panic drops (stops) it.
+    let mut server = Server {
+        child,
+        addr: String::new(),
+    };
+    server.addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the server did not start");
-    Server { child, addr }
+    server
 }
 
 /// One keep-alive connection.
@@ -140,6 +187,17 @@ enum Load {
     Health,
     Me,
     Login,
+    /// A new account per request.
+    Register,
+}
+
+impl Load {
+    fn expected_status(self) -> u16 {
+        match self {
+            Load::Register => 201,
+            _ => 200,
+        }
+    }
 }
 
 struct Stats {
@@ -147,6 +205,9 @@ struct Stats {
     errors: usize,
     seconds: f64,
     latencies_us: Vec<u64>,
+    /// Requests per CPU-second that the measured processes and irq used (`Meter::report`):
+    /// what the load costs, whatever else the machine was doing. NaN until measured.
+    per_cpu_second: f64,
 }
 
 impl Stats {
@@ -217,10 +278,23 @@ async fn drive(
                         )
                         .await
                     }
+                    Load::Register => {
+                        // `i` is unique to this connection and request: one new account each.
+                        let body = format!(
+                            r#"{{"email":"register{i}@example.com","password":"{PASSWORD}"}}"#
+                        );
+                        conn.send(
+                            Method::POST,
+                            "/api/v1/users/register",
+                            None,
+                            Some(body.as_bytes()),
+                        )
+                        .await
+                    }
                 };
                 latencies.push(t.elapsed().as_micros() as u64);
                 requests += 1;
-                if status != 200 {
+                if status != load.expected_status() {
                     errors += 1;
                 }
                 i += connections;
@@ -235,6 +309,7 @@ async fn drive(
         errors: 0,
         seconds: 0.0,
         latencies_us: Vec::new(),
+        per_cpu_second: f64::NAN,
     };
     for task in tasks {
         let (requests, errors, latencies) = task.await.expect("load task");
@@ -260,6 +335,178 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the CPU goes during a phase: the CPU time of groups of processes, and the whole
+/// machine's, from /proc. A process that exits during the phase takes its time with it (none of
+/// ours does: PostgreSQL's backends live as long as the servers' pooled connections).
+struct Meter {
+    groups: Vec<Group>,
+    ticks_per_second: f64,
+}
+
+/// A process, or a process and its direct children (PostgreSQL's backends, nginx's workers).
+struct Group {
+    name: &'static str,
+    pid: u32,
+    children: bool,
+}
+
+impl Group {
+    /// The process alone (the bench's own process is the servers' parent, for one).
+    fn process(name: &'static str, pid: u32) -> Group {
+        Group {
+            name,
+            pid,
+            children: false,
+        }
+    }
+
+    fn tree(name: &'static str, pid: u32) -> Group {
+        Group {
+            name,
+            pid,
+            children: true,
+        }
+    }
+}
+
+struct Sample {
+    at: Instant,
+    /// pid: (parent pid, user + system ticks).
+    processes: HashMap<u32, (u32, u64)>,
+    /// The machine's busy ticks, all CPUs: user, nice, system, irq, softirq.
+    machine: u64,
+    /// Of which irq and softirq (loopback TCP, for one), charged to no process.
+    irq: u64,
+}
+
+impl Meter {
+    fn new(groups: Vec<Group>) -> Meter {
+        // SAFETY: sysconf takes and returns integers.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Meter {
+            groups,
+            ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
+        }
+    }
+
+    fn sample(&self) -> Sample {
+        let mut processes = HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": fields after the last ')'; utime and stime are the
+            // 14th and 15th fields of the line, the 12th and 13th after the state.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(ppid), Some(utime), Some(stime)) = (number(1), number(11), number(12)) {
+                processes.insert(pid, (ppid as u32, utime + stime));
+            }
+        }
+        let (machine, irq) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().next()?.to_owned();
+                let f: Vec<u64> = line
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                // "cpu user nice system idle iowait irq softirq steal ..."
+                let irq = f.get(5)? + f.get(6)?;
+                Some((f.first()? + f.get(1)? + f.get(2)? + irq, irq))
+            })
+            .unwrap_or((0, 0));
+        Sample {
+            at: Instant::now(),
+            processes,
+            machine,
+            irq,
+        }
+    }
+
+    /// "cpu, cores: client 0.93, server 0.88, ..., irq 0.05, rest of the machine 0.02 (busy
+    /// 1.95 of 2); 8123 requests per CPU-second": the rest is every other process (another
+    /// user's build, kernel threads); the last figure counts the groups' and irq's time (irq is
+    /// mostly loopback TCP here) and is set in `stats`.
+    fn report(&self, before: &Sample, after: &Sample, stats: &mut Stats) -> String {
+        let seconds = after.at.duration_since(before.at).as_secs_f64();
+        let cores = |ticks: u64| ticks as f64 / self.ticks_per_second / seconds;
+        let mut parts = Vec::new();
+        let mut ours = 0;
+        for group in &self.groups {
+            let ticks: u64 = after
+                .processes
+                .iter()
+                .filter(|&(&pid, &(ppid, _))| {
+                    pid == group.pid || (group.children && ppid == group.pid)
+                })
+                .map(|(pid, &(_, t))| {
+                    t.saturating_sub(before.processes.get(pid).map_or(0, |&(_, t)| t))
+                })
+                .sum();
+            ours += ticks;
+            parts.push(format!("{} {:.2}", group.name, cores(ticks)));
+        }
+        let machine = after.machine.saturating_sub(before.machine);
+        let irq = after.irq.saturating_sub(before.irq);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        stats.per_cpu_second =
+            stats.requests as f64 / ((ours + irq) as f64 / self.ticks_per_second);
+        format!(
+            "    cpu, cores: {}, irq {:.2}, rest of the machine {:.2} (busy {:.2} of {cpus}); \
+             {:.1} requests per CPU-second",
+            parts.join(", "),
+            cores(irq),
+            cores(machine.saturating_sub(ours + irq)),
+            cores(machine),
+            stats.per_cpu_second
+        )
+    }
+}
+
+/// The pid of the postmaster listening on `port` (its command line has `-p PORT`).
+fn postmaster_pid(port: u16) -> Option<u32> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_postgres = args.first()?.ends_with(b"postgres");
+            let on_port = args
+                .windows(2)
+                .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+            (is_postgres && on_port).then_some(pid)
+        })
+}
+
+/// One phase: drives the load, prints its line and where the CPU went.
+async fn phase(
+    meter: &Meter,
+    name: &str,
+    addr: &str,
+    load: Load,
+    connections: usize,
+    duration: Duration,
+    tokens: &Arc<Vec<String>>,
+) -> Stats {
+    let before = meter.sample();
+    let mut stats = drive(addr, load, connections, duration, tokens.clone()).await;
+    let after = meter.sample();
+    println!("{}", stats.line(name));
+    println!("{}", meter.report(&before, &after, &mut stats));
+    stats
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -268,63 +515,86 @@ fn main() {
     runtime.block_on(run());
 }
 
-async fn run() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let cost: u32 = std::env::var("BENCH_BCRYPT_COST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(12);
-    let duration = Duration::from_secs(seconds);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = start_server(dir.path(), cost);
-    let addr = server.addr.clone();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "warp-auth-api load benchmark: {cpus} CPUs, bcrypt cost {cost}, {seconds} s per phase, server at {addr}"
-    );
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
 
-    // Users, and one session per user for /me.
-    let mut setup = Conn::open(&addr).await;
-    let mut tokens = Vec::new();
-    for u in 0..USERS {
-        let body = format!(r#"{{"email":"bench{u}@example.com","password":"{PASSWORD}"}}"#);
-        let (status, _) = setup
-            .send(
-                Method::POST,
-                "/api/v1/users/register",
-                None,
-                Some(body.as_bytes()),
-            )
-            .await;
-        assert_eq!(status, 201, "register");
-        let (status, token) = setup
-            .send(
-                Method::POST,
-                "/api/v1/users/login",
-                None,
-                Some(body.as_bytes()),
-            )
-            .await;
-        assert_eq!(status, 200, "login");
-        let token: serde_json::Value = serde_json::from_slice(&token).expect("token");
-        tokens.push(
-            token["access_token"]
-                .as_str()
-                .expect("access token")
-                .to_owned(),
-        );
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
     }
-    let tokens = Arc::new(tokens);
+}
 
-    let health = drive(&addr, Load::Health, 64, duration, tokens.clone()).await;
-    println!("{}", health.line("GET /health, 64 connections"));
-    let me = drive(&addr, Load::Me, 64, duration, tokens.clone()).await;
-    println!("{}", me.line("GET /me, 64 connections"));
+/// One backend under test: its server, its tokens, where its CPU goes.
+struct Subject {
+    backend: Backend,
+    /// "sqlite   ": a prefix to each line when more than one backend runs, else empty.
+    tag: String,
+    server: Server,
+    meter: Meter,
+    tokens: Arc<Vec<String>>,
+    database_url: String,
+    _dir: tempfile::TempDir,
+}
 
-    // One bcrypt verify at the server's cost, timed here (median of 5).
+/// One backend's figures.
+struct Figures {
+    health: Stats,
+    me: Stats,
+    login: Stats,
+    me_storm: Stats,
+    storm: Stats,
+    rss_mib: f64,
+    register: Stats,
+}
+
+struct Settings {
+    duration: Duration,
+    cost: u32,
+    cpus: usize,
+    /// One bcrypt verify at `cost`, in seconds.
+    verify: f64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn backends() -> Vec<Backend> {
+    let list = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite".to_owned());
+    let mut backends: Vec<Backend> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let backend = match name.to_ascii_lowercase().as_str() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" | "postgresql" => Backend::Postgres,
+            _ => panic!("BENCH_BACKENDS: {name:?} is neither sqlite nor postgres"),
+        };
+        if !backends.contains(&backend) {
+            backends.push(backend);
+        }
+    }
+    assert!(
+        !backends.is_empty(),
+        "BENCH_BACKENDS is empty: sqlite, postgres or both"
+    );
+    backends
+}
+
+async fn run() {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let cost: u32 = env_or("BENCH_BCRYPT_COST", 12);
+    let backends = backends();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    // One bcrypt verify at the servers' cost, timed here before any server runs (median of 5).
     let hash = bcrypt::hash(PASSWORD, cost).expect("hash");
     let mut verify_times: Vec<f64> = (0..5)
         .map(|_| {
@@ -334,61 +604,302 @@ async fn run() {
         })
         .collect();
     verify_times.sort_by(f64::total_cmp);
-    let verify = verify_times[2];
+    let settings = Settings {
+        duration: Duration::from_secs(seconds),
+        cost,
+        cpus,
+        verify: verify_times[2],
+    };
+
+    // Declared before the subjects, so dropped after them: the servers stop before their
+    // database does.
+    let cluster = backends.contains(&Backend::Postgres).then(|| {
+        pg::Cluster::start().unwrap_or_else(|why| {
+            panic!("BENCH_BACKENDS asks for postgres, which is not available: {why}")
+        })
+    });
+
+    let several = backends.len() > 1;
+    let mut subjects = Vec::new();
+    for &backend in &backends {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (database_url, label, postmaster) = match (backend, &cluster) {
+            (Backend::Postgres, Some(cluster)) => {
+                let url = cluster.create_database();
+                let version = cluster
+                    .psql(&url, "show server_version")
+                    .unwrap_or_else(|e| e);
+                (
+                    url,
+                    format!("PostgreSQL {version}, fsync off"),
+                    postmaster_pid(cluster.port()),
+                )
+            }
+            _ => (
+                dir.path().join("bench.db").to_string_lossy().into_owned(),
+                "SQLite, synchronous = FULL".to_owned(),
+                None,
+            ),
+        };
+        let server = start_server(dir.path(), OsStr::new(&database_url), cost);
+        println!(
+            "warp-auth-api load benchmark: {cpus} CPUs, bcrypt cost {cost}, {seconds} s per phase, {} ({label}), server at {}",
+            backend.name(),
+            server.addr
+        );
+        let mut groups = vec![
+            Group::process("client", std::process::id()),
+            Group::process("server", server.child.id()),
+        ];
+        groups.extend(postmaster.map(|pid| Group::tree("postgres", pid)));
+        let tokens = Arc::new(setup_users(&server.addr).await);
+        subjects.push(Subject {
+            backend,
+            tag: if several {
+                format!("{:<9}", backend.name())
+            } else {
+                String::new()
+            },
+            server,
+            meter: Meter::new(groups),
+            tokens,
+            database_url,
+            _dir: dir,
+        });
+    }
+    if several {
+        println!(
+            "(each phase runs on each backend in turn, so drift on the machine falls on both)"
+        );
+    }
+
+    let figures = measure(&subjects, &settings).await;
+    for (subject, figures) in subjects.iter().zip(&figures) {
+        println!();
+        targets(subject, figures, &settings);
+    }
+
+    let find = |backend| subjects.iter().position(|s| s.backend == backend);
+    if let (Some(s), Some(p)) = (find(Backend::Sqlite), find(Backend::Postgres)) {
+        println!();
+        compare(&figures[s], &figures[p], settings.cost);
+    }
+
+    if let (Some(p), Some(cluster)) = (find(Backend::Postgres), &cluster) {
+        println!();
+        if std::env::var("BENCH_REPLICAS").is_ok_and(|v| v.trim() == "0") {
+            println!("replicas phase skipped (BENCH_REPLICAS=0)");
+        } else {
+            // The PostgreSQL subject's server stays up, idle: the replicas are two new ones.
+            replicas(&subjects[p], cluster.port(), &settings).await;
+        }
+    }
+}
+
+/// Registers the users and logs each in once, concurrently (the hashing threads take them two
+/// at a time): one access token per user.
+async fn setup_users(addr: &str) -> Vec<String> {
+    let tasks: Vec<_> = (0..USERS)
+        .map(|u| {
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                let mut conn = Conn::open(&addr).await;
+                let body = format!(r#"{{"email":"bench{u}@example.com","password":"{PASSWORD}"}}"#);
+                let (status, _) = conn
+                    .send(
+                        Method::POST,
+                        "/api/v1/users/register",
+                        None,
+                        Some(body.as_bytes()),
+                    )
+                    .await;
+                assert_eq!(status, 201, "register");
+                let (status, token) = conn
+                    .send(
+                        Method::POST,
+                        "/api/v1/users/login",
+                        None,
+                        Some(body.as_bytes()),
+                    )
+                    .await;
+                assert_eq!(status, 200, "login");
+                let token: serde_json::Value = serde_json::from_slice(&token).expect("token");
+                token["access_token"]
+                    .as_str()
+                    .expect("access token")
+                    .to_owned()
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.expect("setup task"));
+    }
+    tokens
+}
+
+/// `phase` on each subject in turn.
+async fn each(
+    subjects: &[Subject],
+    name: &str,
+    load: Load,
+    connections: usize,
+    duration: Duration,
+) -> Vec<Stats> {
+    let mut all = Vec::new();
+    for s in subjects {
+        let name = format!("{}{name:<34}", s.tag);
+        let addr = &s.server.addr;
+        all.push(
+            phase(
+                &s.meter,
+                &name,
+                addr,
+                load,
+                connections,
+                duration,
+                &s.tokens,
+            )
+            .await,
+        );
+    }
+    all
+}
+
+/// The existing phases, then the register phase, each on every subject in turn.
+async fn measure(subjects: &[Subject], settings: &Settings) -> Vec<Figures> {
+    let Settings {
+        duration,
+        cost,
+        verify,
+        ..
+    } = *settings;
+    let health = each(
+        subjects,
+        "GET /health, 64 connections",
+        Load::Health,
+        64,
+        duration,
+    )
+    .await;
+    let me = each(subjects, "GET /me, 64 connections", Load::Me, 64, duration).await;
     println!(
-        "{:<34} {:>10.1} ms (median of 5, cost {cost})",
+        "{:<34} {:>10.1} ms (median of 5, cost {cost}, timed before the servers started)",
         "one bcrypt verify",
         verify * 1000.0
     );
-
-    let login = drive(&addr, Load::Login, 16, duration, tokens.clone()).await;
-    println!("{}", login.line("POST /login, 16 connections"));
+    let login = each(
+        subjects,
+        "POST /login, 16 connections",
+        Load::Login,
+        16,
+        duration,
+    )
+    .await;
 
     // The storm: 32 connections logging in without pause; /me measured while it runs.
-    let storm_addr = addr.clone();
-    let storm_tokens = tokens.clone();
-    let storm = tokio::spawn(async move {
-        drive(
-            &storm_addr,
-            Load::Login,
-            32,
-            duration + Duration::from_secs(2),
-            storm_tokens,
+    let mut storms = Vec::new();
+    for s in subjects {
+        let storm_addr = s.server.addr.clone();
+        let storm_tokens = s.tokens.clone();
+        let storm = tokio::spawn(async move {
+            drive(
+                &storm_addr,
+                Load::Login,
+                32,
+                duration + Duration::from_secs(2),
+                storm_tokens,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = s.meter.sample();
+        let mut me_storm = drive(&s.server.addr, Load::Me, 64, duration, s.tokens.clone()).await;
+        let after = s.meter.sample();
+        let storm = storm.await.expect("storm");
+        println!(
+            "{}",
+            me_storm.line(&format!("{}{:<34}", s.tag, "GET /me during a login storm"))
+        );
+        // Its requests per CPU-second count the storm's logins' CPU too.
+        println!("{}", s.meter.report(&before, &after, &mut me_storm));
+        println!(
+            "{}",
+            storm.line(&format!("{}  (the storm: POST /login, 32 conns)", s.tag))
+        );
+        storms.push((me_storm, storm));
+    }
+
+    let mut rss = Vec::new();
+    for s in subjects {
+        let rss_mib = peak_rss_kib(s.server.child.id()) as f64 / 1024.0;
+        println!(
+            "{:<34} {:>10.1} MiB",
+            format!("{}{:<34}", s.tag, "server peak RSS"),
+            rss_mib
+        );
+        rss.push(rss_mib);
+    }
+
+    // After the RSS figure, which stays comparable with runs from before this phase existed.
+    let register = each(
+        subjects,
+        "POST /register, 16 connections",
+        Load::Register,
+        16,
+        duration,
+    )
+    .await;
+
+    health
+        .into_iter()
+        .zip(me)
+        .zip(login)
+        .zip(storms)
+        .zip(rss)
+        .zip(register)
+        .map(
+            |(((((health, me), login), (me_storm, storm)), rss_mib), register)| Figures {
+                health,
+                me,
+                login,
+                me_storm,
+                storm,
+                rss_mib,
+                register,
+            },
         )
-        .await
-    });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let me_storm = drive(&addr, Load::Me, 64, duration, tokens.clone()).await;
-    let storm = storm.await.expect("storm");
-    println!("{}", me_storm.line("GET /me during a login storm"));
-    println!("{}", storm.line("  (the storm: POST /login, 32 conns)"));
+        .collect()
+}
 
-    let rss_mib = peak_rss_kib(server.child.id()) as f64 / 1024.0;
-    println!("{:<34} {:>10.1} MiB", "server peak RSS", rss_mib);
-
+/// The contract's targets, as ratios of one backend's figures from this run.
+fn targets(subject: &Subject, f: &Figures, settings: &Settings) {
+    let Settings { cpus, verify, .. } = *settings;
     let expected_login = cpus as f64 / verify;
-    println!();
-    println!("targets (ratios of this run's figures):");
+    println!(
+        "targets, {} (ratios of this run's figures):",
+        subject.backend.name()
+    );
     let rows = [
         (
             "/me throughput >= 50% of /health's",
-            me.rps() / health.rps(),
+            f.me.rps() / f.health.rps(),
             0.50,
             true,
         ),
         (
             "login throughput >= 95% of workers / verify",
-            login.rps() / expected_login,
+            f.login.rps() / expected_login,
             0.95,
             true,
         ),
         (
             "/me p99 in the storm <= 3x idle p99",
-            me_storm.percentile(0.99) / me.percentile(0.99),
+            f.me_storm.percentile(0.99) / f.me.percentile(0.99),
             3.0,
             false,
         ),
-        ("peak RSS <= 64 MiB", rss_mib / 64.0, 1.0, false),
+        ("peak RSS <= 64 MiB", f.rss_mib / 64.0, 1.0, false),
     ];
     let mut all = true;
     for (name, value, bound, at_least) in rows {
@@ -404,8 +915,23 @@ async fn run() {
         );
     }
     println!("  (workers = {cpus} hashing threads; login bound = {expected_login:.2} logins/s)");
-    if health.errors + me.errors + login.errors + me_storm.errors + storm.errors > 0 {
-        println!("note: some requests did not answer 200 (see the error counts)");
+    println!(
+        "  (no target: registrations / the login bound {:.2}; each is one bcrypt hash)",
+        f.register.rps() / expected_login
+    );
+    let errors = [
+        &f.health,
+        &f.me,
+        &f.login,
+        &f.me_storm,
+        &f.storm,
+        &f.register,
+    ]
+    .iter()
+    .map(|s| s.errors)
+    .sum::<usize>();
+    if errors > 0 {
+        println!("note: some requests did not answer as expected (see the error counts)");
     }
     println!(
         "{}",
@@ -415,4 +941,299 @@ async fn run() {
             "some targets missed"
         }
     );
+}
+
+/// Each PostgreSQL figure as a ratio of SQLite's.
+fn compare(sqlite: &Figures, postgres: &Figures, cost: u32) {
+    println!("PostgreSQL / SQLite (same build, this run):");
+    println!(
+        "  {:<32} {:>12} {:>12} {:>7}   {:>9} {:>9} {:>13}",
+        "", "sqlite req/s", "pg req/s", "ratio", "p50 ratio", "p99 ratio", "per CPU-s"
+    );
+    let rows = [
+        (
+            "GET /health, 64 connections",
+            &sqlite.health,
+            &postgres.health,
+        ),
+        ("GET /me, 64 connections", &sqlite.me, &postgres.me),
+        (
+            "POST /login, 16 connections",
+            &sqlite.login,
+            &postgres.login,
+        ),
+        (
+            "POST /register, 16 connections",
+            &sqlite.register,
+            &postgres.register,
+        ),
+        (
+            "GET /me during a login storm",
+            &sqlite.me_storm,
+            &postgres.me_storm,
+        ),
+    ];
+    for (name, s, p) in rows {
+        println!(
+            "  {name:<32} {:>12.1} {:>12.1} {:>7.2}   {:>9.2} {:>9.2} {:>13.2}",
+            s.rps(),
+            p.rps(),
+            p.rps() / s.rps(),
+            p.percentile(0.50) / s.percentile(0.50),
+            p.percentile(0.99) / s.percentile(0.99),
+            p.per_cpu_second / s.per_cpu_second
+        );
+    }
+    println!(
+        "  (per CPU-s: requests per CPU-second of the client, server, PostgreSQL and irq, a ratio \
+         that the rest of the machine's load moves less; login and register at cost {cost}: \
+         one bcrypt each, bound by the hashing threads on both backends)"
+    );
+}
+
+/// nginx on loopback in front of the replicas: `one` proxies to replica A alone, `two` to A and
+/// B (round robin, the default), both over keepalive upstream connections.
+struct Nginx {
+    child: Child,
+    one: String,
+    two: String,
+    workers: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's fast shutdown.
+        terminate(&mut self.child);
+    }
+}
+
+fn nginx_binary() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("BENCH_NGINX").filter(|b| !b.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// Two loopback ports that were free a moment ago.
+fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    (
+        a.local_addr().expect("address").port(),
+        b.local_addr().expect("address").port(),
+    )
+}
+
+fn start_nginx(bin: &Path, a: &str, b: &str) -> Nginx {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().display().to_string();
+    // As root nginx runs its workers as an unprivileged user: let them into the directory
+    // (it holds only this configuration and the error log).
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the nginx directory");
+    let (port_one, port_two) = free_ports();
+    // keepalive_requests: nginx closes a connection after 1000 requests by default, on either
+    // side; the client here keeps its connections for the whole phase.
+    let conf = format!(
+        r#"daemon off;
+master_process on;
+worker_processes auto;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    upstream one {{ server {a}; keepalive 64; keepalive_requests 1000000; }}
+    upstream two {{ server {a}; server {b}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port_one};
+        location / {{ proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port_two};
+        location / {{ proxy_pass http://two; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    }}
+}}
+"#
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let mut nginx = Nginx {
+        child,
+        one: format!("127.0.0.1:{port_one}"),
+        two: format!("127.0.0.1:{port_two}"),
+        workers: String::new(),
+        dir,
+    };
+    let log_path = nginx.dir.path().join("error.log");
+    let error_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = nginx.child.try_wait() {
+            panic!("nginx exited ({status}):\n{}", error_log());
+        }
+        let up = [&nginx.one, &nginx.two]
+            .iter()
+            .all(|addr| std::net::TcpStream::connect(addr.as_str()).is_ok());
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not listen within 10 s:\n{}",
+            error_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let master = nginx.child.id();
+    let workers = Meter::new(Vec::new())
+        .sample()
+        .processes
+        .values()
+        .filter(|&&(ppid, _)| ppid == master)
+        .count();
+    nginx.workers = format!("{workers} worker processes");
+    nginx
+}
+
+/// One replica against two behind nginx, on the PostgreSQL database of `postgres`'s run.
+async fn replicas(postgres: &Subject, postgres_port: u16, settings: &Settings) {
+    let Some(bin) = nginx_binary() else {
+        println!(
+            "replicas phase skipped: no nginx (BENCH_NGINX, PATH, /usr/sbin; apt-get install nginx)"
+        );
+        return;
+    };
+    let version = Command::new(&bin)
+        .arg("-v")
+        .output()
+        .map(|o| {
+            let v = String::from_utf8_lossy(&o.stderr);
+            v.trim().trim_start_matches("nginx version: ").to_owned()
+        })
+        .unwrap_or_default();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let url = OsStr::new(&postgres.database_url);
+    let a = start_server(dir_a.path(), url, settings.cost);
+    let b = start_server(dir_b.path(), url, settings.cost);
+    let nginx = start_nginx(&bin, &a.addr, &b.addr);
+    println!(
+        "replicas: two servers on one PostgreSQL database (A at {}, B at {}), {version} in front \
+         on loopback ({}, round robin, keepalive upstream connections)",
+        a.addr, b.addr, nginx.workers
+    );
+    let mut groups = vec![
+        Group::process("client", std::process::id()),
+        Group::process("A", a.child.id()),
+        Group::process("B", b.child.id()),
+        Group::tree("nginx", nginx.child.id()),
+    ];
+    groups.extend(postmaster_pid(postgres_port).map(|pid| Group::tree("postgres", pid)));
+    let meter = Meter::new(groups);
+    let tokens = &postgres.tokens;
+    let duration = settings.duration;
+    let direct_a = phase(
+        &meter,
+        "GET /me direct to A, 64 conns",
+        &a.addr,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let one = phase(
+        &meter,
+        "GET /me via nginx, A alone",
+        &nginx.one,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let two = phase(
+        &meter,
+        "GET /me via nginx, A and B",
+        &nginx.two,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    let direct_b = phase(
+        &meter,
+        "GET /me direct to B, 64 conns",
+        &b.addr,
+        Load::Me,
+        64,
+        duration,
+        tokens,
+    )
+    .await;
+    println!();
+    println!("replicas (ratios of this run's figures):");
+    println!(
+        "  {:<42} {:>7} {:>7} {:>10}",
+        "", "req/s", "p99", "per CPU-s"
+    );
+    let rows = [
+        ("two replicas / one, through nginx", &two, &one),
+        ("through nginx / direct, one replica (A)", &one, &direct_a),
+        ("two through nginx / one direct (A)", &two, &direct_a),
+        ("B / A, direct", &direct_b, &direct_a),
+    ];
+    for (name, x, y) in rows {
+        println!(
+            "  {name:<42} {:>7.2} {:>7.2} {:>10.2}",
+            x.rps() / y.rps(),
+            x.percentile(0.99) / y.percentile(0.99),
+            x.per_cpu_second / y.per_cpu_second
+        );
+    }
+    let cpus = settings.cpus as f64;
+    println!(
+        "  (per CPU-s: requests per CPU-second of the client, the servers, nginx, PostgreSQL and \
+         irq; {cpus} CPUs at that cost: direct {:.0}, through nginx to one {:.0}, to two {:.0} \
+         req/s, with the client on them too)",
+        cpus * direct_a.per_cpu_second,
+        cpus * one.per_cpu_second,
+        cpus * two.per_cpu_second
+    );
+    if direct_a.errors + one.errors + two.errors + direct_b.errors > 0 {
+        println!("note: some requests did not answer 200 (see the error counts)");
+    }
 }
