@@ -193,7 +193,7 @@ for alg in EdDSA ES256 RS256; do
   old_kid=$(header "$old" kid)
   [ "$(header "$old" alg)" = "$alg" ] || fail "the token's alg is $(header "$old" alg), not $alg"
   [ "$(header "$old" typ)" = "at+jwt" ] || fail "the token's typ is $(header "$old" typ), not at+jwt"
-  jwks_kids | grep -qxF "$old_kid" || fail "the token's kid $old_kid is not in the JWK Set"
+  jwks_kids | grep -qxF -e "$old_kid" || fail "the token's kid $old_kid is not in the JWK Set"
   verify_both "$alg" "$url" "$old"
   refuse_both "tampered $alg" "$url" "$(tamper "$old")"
   db="$work/$alg.db"
@@ -227,8 +227,8 @@ for alg in EdDSA ES256 RS256; do
   new_kid=$(header "$new" kid)
   echo "   new key $new_kid signs $((SECONDS - t0)) s after keys rotate$([ "$alg" = EdDSA ] || echo ' (a token of it met)')"
   kids=$(jwks_kids)
-  grep -qxF "$new_kid" <<<"$kids" || fail "the new kid is not in the JWK Set"
-  grep -qxF "$old_kid" <<<"$kids" || fail "the old kid left the JWK Set while its tokens live"
+  grep -qxF -e "$new_kid" <<<"$kids" || fail "the new kid is not in the JWK Set"
+  grep -qxF -e "$old_kid" <<<"$kids" || fail "the old kid left the JWK Set while its tokens live"
   verify_both "new $alg" "$url" "$new"
   verify_both "old $alg" "$url" "$old"
   refuse_both "tampered new $alg" "$url" "$(tamper "$new")"
