@@ -70,6 +70,22 @@ impl SqliteStore {
     /// starts a second chain. Reuse after the grace window deletes the session (and so every
     /// access and refresh token of it).
     pub async fn refresh(&self, r: Rotation) -> Result<Refresh, StoreError> {
+        // A token that no session knows (garbage, an expired session's) is answered from a
+        // reader: a flood of them must not queue every write behind the one writer.
+        let presented = r.presented;
+        let known = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM sessions WHERE refresh_hash = ?1)
+                         OR EXISTS (SELECT 1 FROM sessions WHERE prev_hash = ?1)
+                         OR EXISTS (SELECT 1 FROM spent_refresh_tokens WHERE hash = ?1)",
+                )?;
+                Ok(stmt.query_row(params![&presented[..]], |row| row.get::<_, bool>(0))?)
+            })
+            .await?;
+        if !known {
+            return Ok(Refresh::Invalid);
+        }
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = to_i64(r.now);
