@@ -118,7 +118,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
 }
 
 /// Registration body.
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 #[schema(example = json!({"email": "alice@example.com", "password": "MyStrongPass123", "full_name": "Alice"}))]
 pub struct RegisterIn {
@@ -139,7 +139,7 @@ pub struct RegisterIn {
 }
 
 /// Login body (JSON).
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 #[schema(example = json!({"email": "alice@example.com", "password": "MyStrongPass123"}))]
 pub struct LoginIn {
@@ -153,7 +153,7 @@ pub struct LoginIn {
 }
 
 /// Login body (form, the OAuth2 password grant's shape): `username` is the email.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginForm {
     #[schema(example = "alice@example.com", format = Email, max_length = 254)]
     username: String,
@@ -162,7 +162,7 @@ pub struct LoginForm {
 }
 
 /// Refresh body.
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 pub struct RefreshIn {
     /// The refresh token of the last token pair; it is spent by this call. (Anything that is
@@ -185,7 +185,7 @@ pub struct ProfileIn {
 }
 
 /// Password change body.
-#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[derive(Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 #[schema(example = json!({"current_password": "MyStrongPass123", "new_password": "An0ther-Strong-Pass"}))]
 pub struct PasswordChangeIn {
@@ -211,6 +211,28 @@ pub struct Token {
     pub expires_in: u64,
     /// An opaque token for `POST /api/v1/users/refresh`; each use spends it.
     pub refresh_token: String,
+}
+
+/// Bodies that carry a secret show only its absence in `Debug`: one `?body` in a log call must
+/// not write a password or a refresh token.
+macro_rules! redacted_debug {
+    ($($name:ident { $($field:ident),* }),* $(,)?) => {$(
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+redacted_debug! {
+    RegisterIn { email, full_name },
+    LoginIn { email },
+    LoginForm { username },
+    RefreshIn {},
+    PasswordChangeIn {},
 }
 
 /// The login body, as JSON or as a form; both end as a validated [`LoginIn`].
