@@ -63,6 +63,9 @@ pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiE
             sealed_successor: presented.seal(&successor),
             now: tokens::now_seconds(),
             grace_seconds: REFRESH_GRACE_SECONDS,
+            spent_order: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
         })
         .await?;
     match outcome {

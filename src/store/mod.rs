@@ -159,6 +159,10 @@ pub struct Rotation {
     pub sealed_successor: [u8; 32],
     pub now: u64,
     pub grace_seconds: u64,
+    /// The order of this rotation in the session's trail of spent tokens (`spent_at`): unix
+    /// nanoseconds, so that rotations within one second keep their order and the trail keeps
+    /// exactly the most recent ones (rows of version 1 hold seconds, and so come first).
+    pub spent_order: i64,
 }
 
 /// One page of users, ordered by id.

@@ -94,7 +94,7 @@ impl PostgresStore {
             tx.execute(
                 "INSERT INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                &[&presented, &session_id, &now],
+                &[&presented, &session_id, &r.spent_order],
             )
             .await?;
             tx.execute(

@@ -109,7 +109,7 @@ impl SqliteStore {
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES (?1, ?2, ?3)",
                 )?
-                .execute(params![presented, session_id, now])?;
+                .execute(params![presented, session_id, r.spent_order])?;
                 tx.prepare_cached(
                     "DELETE FROM spent_refresh_tokens WHERE session_id = ?1 AND hash NOT IN
                      (SELECT hash FROM spent_refresh_tokens WHERE session_id = ?1
