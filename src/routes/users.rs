@@ -582,7 +582,6 @@ pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Respon
         (status = 204, description = "Changed; log in again"),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
-        (status = 409, response = Conflict),
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -623,7 +622,9 @@ pub(crate) async fn change_password(
         .change_password(auth.user.id, stored, new_hash)
         .await?
     {
-        return Err(ApiError::Conflict("The password was changed meanwhile; try again").into());
+        // Another change won the race, and with it ended every session of the user, this one
+        // too: the caller's token is dead.
+        return Err(ApiError::InvalidToken.into());
     }
     tracing::info!(
         user_id = auth.user.id,

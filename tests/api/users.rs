@@ -343,3 +343,24 @@ async fn logins_racing_to_replace_a_hash_of_another_cost_all_succeed() {
         assert!(hash.starts_with("$2b$05$"), "{hash}");
     }
 }
+
+#[tokio::test]
+async fn racing_password_changes_give_one_204_and_a_401() {
+    let app = TestApp::new().await;
+    let token = app.token("alice@example.com").await;
+    let change = |new: &'static str| {
+        app.send(
+            warp::test::request()
+                .method("PUT")
+                .path("/api/v1/users/me/password")
+                .header("authorization", format!("Bearer {token}"))
+                .json(&serde_json::json!({"current_password": PASSWORD, "new_password": new})),
+        )
+    };
+    let (a, b) = tokio::join!(change("An0ther-Strong-Pass"), change("Yet-An0ther-Pass-9"));
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort_unstable();
+    // The loser's session ended with the winner's change: its token is dead (the contract's
+    // 401), never a 409.
+    assert_eq!(statuses, [204, 401], "{a:?} {b:?}");
+}
