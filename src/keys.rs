@@ -156,11 +156,7 @@ enum Source {
 pub struct KeyRing {
     current: RwLock<Arc<KeySet>>,
     source: Source,
-    /// `iss`/`aud` rules every verifier applies.
-    issuer: Option<String>,
-    audience: Option<String>,
-    /// How long a retired key must keep verifying.
-    keep_retired: Duration,
+    rules: Rules,
     last_unknown_reload: Mutex<Option<Instant>>,
 }
 
@@ -168,33 +164,30 @@ impl KeyRing {
     /// The keys for this configuration: from the secrets (HMAC), or from the store, making the
     /// first key when there is none.
     pub async fn load(config: &Config, store: &Store) -> Result<Self, KeyError> {
-        let mut ring = Self::hmac(config)?;
-        if is_asymmetric(config.jwt_algorithm) {
-            ring.source = Source::Stored {
-                algorithm: config.jwt_algorithm,
-            };
-            ring.ensure_key(store).await?;
-            ring.reload(store).await?;
+        let rules = Rules::of(config);
+        if !is_asymmetric(config.jwt_algorithm) {
+            return Self::hmac(config);
         }
-        Ok(ring)
+        let algorithm = config.jwt_algorithm;
+        ensure_key(store, algorithm).await?;
+        let set = rules.stored_set(algorithm, &store.signing_keys().await?)?;
+        Ok(Self::with(set, Source::Stored { algorithm }, rules))
     }
 
     /// The HMAC keys of this configuration (no store needed).
     pub fn hmac(config: &Config) -> Result<Self, KeyError> {
-        let keep_retired = retired_keep(config);
-        let mut ring = Self {
-            current: RwLock::new(Arc::new(placeholder_set())),
-            source: Source::Hmac,
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-            keep_retired,
+        let rules = Rules::of(config);
+        let set = rules.hmac_set(config)?;
+        Ok(Self::with(set, Source::Hmac, rules))
+    }
+
+    fn with(set: KeySet, source: Source, rules: Rules) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(set)),
+            source,
+            rules,
             last_unknown_reload: Mutex::new(None),
-        };
-        if !is_asymmetric(config.jwt_algorithm) {
-            let set = ring.hmac_set(config)?;
-            ring.current = RwLock::new(Arc::new(set));
         }
-        Ok(ring)
     }
 
     /// The set in force now (cheap: a reference count).
@@ -216,7 +209,7 @@ impl KeyRing {
             return Ok(());
         };
         let stored = store.signing_keys().await?;
-        let set = self.stored_set(algorithm, &stored)?;
+        let set = self.rules.stored_set(algorithm, &stored)?;
         let before = self.current();
         if before.signer.kid != set.signer.kid {
             tracing::info!(kid = %set.signer.kid, "signing with a new key");
@@ -263,7 +256,7 @@ impl KeyRing {
             if let Err(e) = self.reload(&store).await {
                 tracing::warn!(error = %e, "could not reload the signing keys");
             }
-            let before = unix_now() - secs(self.keep_retired);
+            let before = unix_now() - secs(self.rules.keep_retired);
             match store.purge_signing_keys(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(keys = n, "retired signing keys removed"),
@@ -271,23 +264,38 @@ impl KeyRing {
             }
         }
     }
+}
 
-    /// Makes the first key of the configured algorithm, unless one signs already.
-    async fn ensure_key(&self, store: &Store) -> Result<(), KeyError> {
-        let Source::Stored { algorithm } = self.source else {
-            return Ok(());
-        };
-        let stored = store.signing_keys().await?;
-        if stored
-            .iter()
-            .any(|k| k.retired_at.is_none() && k.algorithm == algorithm_name(algorithm))
-        {
-            return Ok(());
+/// Makes the first key of the configured algorithm, unless one signs already.
+async fn ensure_key(store: &Store, algorithm: Algorithm) -> Result<(), KeyError> {
+    let stored = store.signing_keys().await?;
+    if stored
+        .iter()
+        .any(|k| k.retired_at.is_none() && k.algorithm == algorithm_name(algorithm))
+    {
+        return Ok(());
+    }
+    let key = generate(algorithm)?;
+    let kept = store.add_signing_key(key, AddKey::IfNone).await?;
+    tracing::info!(kid = %kept.kid, algorithm = %kept.algorithm, "signing key ready");
+    Ok(())
+}
+
+/// The rules every verifier applies, and how long retired keys stay.
+struct Rules {
+    issuer: Option<String>,
+    audience: Option<String>,
+    /// How long a retired key must keep verifying.
+    keep_retired: Duration,
+}
+
+impl Rules {
+    fn of(config: &Config) -> Self {
+        Self {
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            keep_retired: retired_keep(config),
         }
-        let key = generate(algorithm)?;
-        let kept = store.add_signing_key(key, AddKey::IfNone).await?;
-        tracing::info!(kid = %kept.kid, algorithm = %kept.algorithm, "signing key ready");
-        Ok(())
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -580,20 +588,6 @@ fn parse_algorithm(name: &str) -> Option<Algorithm> {
         "ES256" => Some(Algorithm::ES256),
         "RS256" => Some(Algorithm::RS256),
         _ => None,
-    }
-}
-
-/// An empty set, replaced before use (asymmetric keys are loaded right after).
-fn placeholder_set() -> KeySet {
-    KeySet {
-        signer: signer(
-            String::new(),
-            Algorithm::EdDSA,
-            EncodingKey::from_ed_der(&[]),
-        ),
-        verifiers: HashMap::new(),
-        jwks: jwks_bytes(&JwkSet { keys: vec![] }),
-        kidless_is_signer: false,
     }
 }
 
