@@ -274,15 +274,18 @@ macro_rules! user_columns {
 pub(super) use user_columns;
 
 pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
-    let role: String = row.try_get(3)?;
     Ok(User {
         id: row.try_get(0)?,
         email: row.try_get(1)?,
         full_name: row.try_get(2)?,
-        role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))?,
+        role: role_from_db(row.try_get(3)?)?,
         created_at: row.try_get(4)?,
     })
+}
+
+/// A role column as a [`Role`] (the CHECK constraint allows no other value).
+pub(super) fn role_from_db(role: &str) -> Result<Role, StoreError> {
+    Role::parse(role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
 }
 
 /// Takes the lock every role change and deletion holds until its transaction ends, so the

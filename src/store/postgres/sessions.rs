@@ -2,12 +2,8 @@
 //! with its grace window and reuse detection, and housekeeping. Row locks order what SQLite's one
 //! writer orders by itself.
 
-use super::{PostgresStore, to_i64, user_columns, user_from_row};
-use crate::store::{NewSession, Refresh, Role, Rotation, StoreError, User};
-
-fn parse_role(role: String) -> Result<Role, StoreError> {
-    Role::parse(&role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
-}
+use super::{PostgresStore, role_from_db, to_i64, user_columns, user_from_row};
+use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
 
 /// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
 const SPENT_KEPT: i64 = 64;
@@ -84,7 +80,7 @@ impl PostgresStore {
         if let Some(row) = live {
             let session_id: String = row.try_get(0)?;
             let user_id: i64 = row.try_get(1)?;
-            let role = parse_role(row.try_get(2)?)?;
+            let role = role_from_db(row.try_get(2)?)?;
             tx.execute(
                 "UPDATE sessions SET refresh_hash = $1, prev_hash = $2, prev_successor = $3, rotated_at = $4
                  WHERE id = $5",
@@ -126,7 +122,7 @@ impl PostgresStore {
                 let sealed: Option<Vec<u8>> = row.try_get(2)?;
                 let rotated_at: Option<i64> = row.try_get(3)?;
                 let expires_at: i64 = row.try_get(4)?;
-                let role = parse_role(row.try_get(5)?)?;
+                let role = role_from_db(row.try_get(5)?)?;
                 let in_grace = rotated_at.is_some_and(|at| now - at <= to_i64(r.grace_seconds))
                     && expires_at > now;
                 match sealed {

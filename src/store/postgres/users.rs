@@ -4,7 +4,9 @@
 
 use tokio_postgres::Transaction;
 
-use super::{PostgresStore, is_unique_violation, lock_admins, user_columns, user_from_row};
+use super::{
+    PostgresStore, is_unique_violation, lock_admins, role_from_db, user_columns, user_from_row,
+};
 use crate::store::{Credentials, Page, Role, StoreError, User};
 
 impl PostgresStore {
@@ -50,12 +52,10 @@ impl PostgresStore {
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
         row.map(|row| {
-            let role: String = row.try_get(2)?;
             Ok(Credentials {
                 user_id: row.try_get(0)?,
                 password_hash: row.try_get(1)?,
-                role: Role::parse(&role)
-                    .ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))?,
+                role: role_from_db(row.try_get(2)?)?,
             })
         })
         .transpose()
@@ -217,8 +217,7 @@ async fn role_of(tx: &Transaction<'_>, user_id: i64) -> Result<Role, StoreError>
         .query_opt("SELECT role FROM users WHERE id = $1", &[&user_id])
         .await?
         .ok_or(StoreError::NotFound)?;
-    let role: String = row.try_get(0)?;
-    Role::parse(&role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
+    role_from_db(row.try_get(0)?)
 }
 
 async fn admins_other_than(tx: &Transaction<'_>, user_id: i64) -> Result<i64, StoreError> {
