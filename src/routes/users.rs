@@ -22,7 +22,7 @@ use crate::filters::{
 };
 use crate::routes::no_content;
 use crate::sessions::{self, TokenPair};
-use crate::store::{Role, StoreError, User};
+use crate::store::{Role, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
@@ -556,15 +556,7 @@ pub(crate) async fn update_profile(
     )
 )]
 pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
-    state
-        .store
-        .delete_user(None, auth.user.id)
-        .await
-        .map_err(|e| match e {
-            // Deleted meanwhile (by an admin, or a racing DELETE /me): its token is dead.
-            StoreError::NotFound => ApiError::InvalidToken,
-            other => other.into(),
-        })?;
+    state.store.delete_user(None, auth.user.id).await?;
     tracing::info!(user_id = auth.user.id, "account deleted");
     Ok(no_content())
 }

@@ -346,7 +346,8 @@ impl Store {
     }
 
     /// Deletes a user and its sessions: the user itself when `actor_id` is `None`, else as that
-    /// admin (checked as in `set_role`). Unknown is `NotFound`; the last admin is `LastAdmin`.
+    /// admin (checked as in `set_role`). Unknown is `NotFound` (`ActorGone` when the user deletes
+    /// itself: its token is dead); the last admin is `LastAdmin`.
     pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
         dispatch!(self.delete_user(actor_id, user_id))
     }

@@ -200,9 +200,12 @@ impl PostgresStore {
         if let Some(actor_id) = actor_id {
             require_admin(&tx, actor_id).await?;
         }
-        if role_of(&tx, user_id).await? == Role::Admin
-            && admins_other_than(&tx, user_id).await? == 0
-        {
+        // Deleting oneself when already gone: the caller's token is dead, not a 404.
+        let role = match role_of(&tx, user_id).await {
+            Err(StoreError::NotFound) if actor_id.is_none() => return Err(StoreError::ActorGone),
+            role => role?,
+        };
+        if role == Role::Admin && admins_other_than(&tx, user_id).await? == 0 {
             return Err(StoreError::LastAdmin);
         }
         tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])

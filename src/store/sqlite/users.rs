@@ -210,7 +210,14 @@ impl SqliteStore {
             if let Some(actor_id) = actor_id {
                 require_admin(&tx, actor_id)?;
             }
-            if role_of(&tx, user_id)? == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
+            // Deleting oneself when already gone: the caller's token is dead, not a 404.
+            let role = match role_of(&tx, user_id) {
+                Err(StoreError::NotFound) if actor_id.is_none() => {
+                    return Err(StoreError::ActorGone);
+                }
+                role => role?,
+            };
+            if role == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
                 return Err(StoreError::LastAdmin);
             }
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
