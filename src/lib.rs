@@ -23,7 +23,7 @@ pub mod validation;
 use std::sync::Arc;
 
 use warp::filters::BoxedFilter;
-use warp::http::{Method, header};
+use warp::http::{HeaderValue, Method, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
@@ -205,14 +205,16 @@ fn without_body(response: &mut Response) {
     if let Some(length) = length {
         response
             .headers_mut()
-            .insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
 }
 
 /// Headers every response carries, and the one access-log line per request.
 fn finish(mut ctx: filters::RequestContext, mut response: Response) -> Response {
     ctx.answered();
-    filters::stamp(response.headers_mut(), ctx.id.clone());
+    // The id moves into the response (the context only logs from here on, in Drop).
+    let id = std::mem::replace(&mut ctx.id, HeaderValue::from_static(""));
+    filters::stamp(response.headers_mut(), id);
     if ctx.head {
         without_body(&mut response);
     }
