@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT    NOT NULL,
     role          TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'admin')),
     created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
-);
+, email_verified_at INTEGER);
+-- email_verified_at (migration 3, in the form ALTER TABLE leaves): unix seconds; NULL until verified.
 
 -- One row per login. An access token is accepted only while its session row exists, so logout,
 -- password change, account deletion and refresh-token reuse all revoke by deleting rows.
@@ -47,3 +48,34 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     created_at  INTEGER NOT NULL,                  -- unix seconds
     retired_at  INTEGER                            -- unix seconds; NULL while it signs
 );
+
+-- One-time tokens of the mailed links, stored only as SHA-256. Only the newest of each kind per
+-- user lives (a new one replaces the row), and using one deletes it.
+CREATE TABLE IF NOT EXISTS mail_tokens (
+    hash       BLOB    PRIMARY KEY,
+    user_id    INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind       TEXT    NOT NULL CHECK (kind IN ('verify_email', 'reset_password')),
+    created_at INTEGER NOT NULL,                   -- unix seconds
+    expires_at INTEGER NOT NULL,                   -- unix seconds
+    UNIQUE (user_id, kind)
+) WITHOUT ROWID;
+
+-- The outbox: each mail is written in the transaction that makes its token, and a background
+-- worker sends it. The link's token is held only until the mail is handed to the SMTP server;
+-- sent and dropped rows stay a day, without it, for the per-email hourly limit.
+CREATE TABLE IF NOT EXISTS mail_outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id         INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    kind            TEXT    NOT NULL CHECK (kind IN ('verify_email', 'reset_password')),
+    recipient       TEXT    NOT NULL,
+    token           TEXT,                          -- NULL once sent or dropped
+    token_hash      BLOB    NOT NULL,              -- the mail is dropped once this token is dead
+    status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sent', 'dropped')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,              -- unix seconds
+    last_error      TEXT,
+    created_at      INTEGER NOT NULL,              -- unix seconds
+    done_at         INTEGER                        -- unix seconds: sent or dropped
+);
+CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox (next_attempt_at) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS mail_outbox_user ON mail_outbox (user_id, kind, created_at);

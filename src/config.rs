@@ -57,6 +57,15 @@ struct RawConfig {
     cors_origins: Option<String>,
     trusted_proxies: Option<String>,
     login_max_failures: Option<i64>,
+    public_url: Option<String>,
+    verify_email_url: Option<String>,
+    reset_password_url: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    email_verify_expire_hours: Option<i64>,
+    password_reset_expire_minutes: Option<i64>,
+    require_email_verification: Option<String>,
+    registration: Option<String>,
 }
 
 /// Where the database lives: a SQLite file or memory, or a PostgreSQL server.
@@ -238,7 +247,132 @@ pub struct Config {
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub login_max_failures: u32,
+    /// Links in mails and how mail is delivered.
+    pub mail: MailSettings,
+    /// Unverified accounts cannot log in (403).
+    pub require_email_verification: bool,
+    /// `false`: `POST /register` answers 403.
+    pub registration_open: bool,
 }
+
+/// Mail: where its links point, how it is delivered, and how long its tokens live.
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    /// The service's public base URL (no trailing slash).
+    pub public_url: String,
+    /// The verification link, with `{token}` where the token goes.
+    pub verify_email_url: String,
+    /// The reset link, with `{token}` where the token goes.
+    pub reset_password_url: String,
+    /// Unset: mail is written to the log instead of being delivered.
+    pub smtp: Option<SmtpSettings>,
+    pub from: lettre::message::Mailbox,
+    pub verify_hours: u32,
+    pub reset_minutes: u32,
+}
+
+/// An SMTP server, from `SMTP_URL`. Shown without its password.
+#[derive(Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// User name and password, when the URL has them.
+    pub credentials: Option<(String, String)>,
+}
+
+/// How the connection to the SMTP server is secured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// `?tls=none`: plain text (a local catcher).
+    None,
+    /// `smtp://`: STARTTLS when the server offers it.
+    Opportunistic,
+    /// `smtp://…?tls=required`: STARTTLS or fail.
+    Required,
+    /// `smtps://`: TLS from the first byte.
+    Wrapper,
+}
+
+impl fmt::Display for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls == SmtpTls::Wrapper {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        let user = match &self.credentials {
+            Some((user, _)) => format!("{user}@"),
+            None => String::new(),
+        };
+        write!(f, "{scheme}://{user}{}:{}", self.host, self.port)?;
+        match self.tls {
+            SmtpTls::None => f.write_str("?tls=none"),
+            SmtpTls::Required => f.write_str("?tls=required"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl SmtpSettings {
+    /// `smtp://[user:pass@]host[:port][?tls=none|required]` or `smtps://…`. The message never
+    /// quotes the URL (it may hold a password).
+    fn parse(text: &str) -> Result<Self, String> {
+        const FORM: &str = "must look like smtp://USER:PASSWORD@HOST:PORT (STARTTLS when the \
+             server offers it), smtps://USER:PASSWORD@HOST:PORT (TLS on connect) or \
+             smtp://HOST:PORT?tls=none (a local catcher)";
+        let url = url::Url::parse(text.trim()).map_err(|_| FORM.to_owned())?;
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(FORM.to_owned()),
+        };
+        let mut tls_param = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "tls" => tls_param = Some(value.into_owned()),
+                other => return Err(format!("has an unknown parameter {other:?}; {FORM}")),
+            }
+        }
+        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
+            ("smtp", None | Some("opportunistic")) => (SmtpTls::Opportunistic, 587),
+            ("smtp", Some("required")) => (SmtpTls::Required, 587),
+            ("smtp", Some("none")) => (SmtpTls::None, 25),
+            ("smtps", None) => (SmtpTls::Wrapper, 465),
+            ("smtp" | "smtps", Some(other)) => {
+                return Err(format!(
+                    "has tls={other:?}; tls may be none, opportunistic or required (smtp:// only)"
+                ));
+            }
+            _ => return Err(FORM.to_owned()),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|d| d.into_owned())
+                .map_err(|_| "holds a user or password that is not UTF-8 once decoded".to_owned())
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (user, Some(password)) => Some((decode(user)?, decode(password)?)),
+            (_, None) => return Err("names a user but no password (smtp://USER:PASSWORD@HOST)".into()),
+        };
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(default_port),
+            tls,
+            credentials,
+        })
+    }
+}
+
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -262,6 +396,9 @@ impl fmt::Debug for Config {
             .field("cors_origins", &self.cors_origins)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("login_max_failures", &self.login_max_failures)
+            .field("mail", &self.mail)
+            .field("require_email_verification", &self.require_email_verification)
+            .field("registration_open", &self.registration_open)
             .finish()
     }
 }
@@ -508,6 +645,35 @@ impl Config {
             1_000_000,
         )?;
 
+        let mail = mail_settings(
+            &RawMail {
+                public_url: raw.public_url,
+                verify_email_url: raw.verify_email_url,
+                reset_password_url: raw.reset_password_url,
+                smtp_url: raw.smtp_url,
+                mail_from: raw.mail_from,
+                verify_hours: raw.email_verify_expire_hours,
+                reset_minutes: raw.password_reset_expire_minutes,
+            },
+            host,
+            port,
+        )?;
+        let require_email_verification = boolean(
+            "REQUIRE_EMAIL_VERIFICATION",
+            raw.require_email_verification.as_deref(),
+            false,
+        )?;
+        let registration_open = match raw.registration.as_deref().map(str::trim) {
+            None | Some("open") => true,
+            Some("closed") => false,
+            Some(other) => {
+                return Err(bad(
+                    "REGISTRATION",
+                    format!("must be open or closed, not {other:?}"),
+                ));
+            }
+        };
+
         Ok(Self {
             jwt_secret,
             jwt_previous_secrets,
@@ -528,12 +694,123 @@ impl Config {
             cors_origins,
             trusted_proxies,
             login_max_failures,
+            mail,
+            require_email_verification,
+            registration_open,
         })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.host, self.port)
+    }
+}
+
+/// The mail variables, taken out of the raw configuration.
+struct RawMail {
+    public_url: Option<String>,
+    verify_email_url: Option<String>,
+    reset_password_url: Option<String>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    verify_hours: Option<i64>,
+    reset_minutes: Option<i64>,
+}
+
+fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings, ConfigError> {
+    let public_url = match raw.public_url.as_deref().map(str::trim) {
+        Some(url) => {
+            http_url(url).map_err(|why| bad("PUBLIC_URL", why))?;
+            url.trim_end_matches('/').to_owned()
+        }
+        None => {
+            // A server listening on every address is reached, on this machine, at localhost.
+            let shown = if host.is_unspecified() || host.is_loopback() {
+                "localhost".to_owned()
+            } else if host.is_ipv6() {
+                format!("[{host}]")
+            } else {
+                host.to_string()
+            };
+            format!("http://{shown}:{port}")
+        }
+    };
+    let template = |var: &str, value: Option<&str>, page: &str| -> Result<String, ConfigError> {
+        match value.map(str::trim) {
+            None => Ok(format!("{public_url}{page}?token={{token}}")),
+            Some(t) => {
+                if !t.contains("{token}") {
+                    return Err(bad(
+                        var,
+                        format!("must contain {{token}} where the token goes, e.g. https://app.example.com{page}?token={{token}}"),
+                    ));
+                }
+                http_url(&t.replace("{token}", "TOKEN")).map_err(|why| bad(var, why))?;
+                Ok(t.to_owned())
+            }
+        }
+    };
+    let verify_email_url = template(
+        "VERIFY_EMAIL_URL",
+        raw.verify_email_url.as_deref(),
+        "/account/verify-email",
+    )?;
+    let reset_password_url = template(
+        "RESET_PASSWORD_URL",
+        raw.reset_password_url.as_deref(),
+        "/account/reset-password",
+    )?;
+    let smtp = match raw.smtp_url.as_deref() {
+        None => None,
+        Some(url) if url.trim().is_empty() => None,
+        Some(url) => Some(SmtpSettings::parse(url).map_err(|why| bad("SMTP_URL", why))?),
+    };
+    let from = raw
+        .mail_from
+        .as_deref()
+        .unwrap_or("warp-auth-api <no-reply@localhost>")
+        .trim()
+        .parse::<lettre::message::Mailbox>()
+        .map_err(|_| {
+            bad(
+                "MAIL_FROM",
+                "must be a mailbox, e.g. no-reply@example.com or \"Example <no-reply@example.com>\"",
+            )
+        })?;
+    Ok(MailSettings {
+        public_url,
+        verify_email_url,
+        reset_password_url,
+        smtp,
+        from,
+        verify_hours: in_range("EMAIL_VERIFY_EXPIRE_HOURS", raw.verify_hours, 24, 1, 24 * 30)?,
+        reset_minutes: in_range(
+            "PASSWORD_RESET_EXPIRE_MINUTES",
+            raw.reset_minutes,
+            30,
+            5,
+            24 * 60,
+        )?,
+    })
+}
+
+/// Why `text` is not an absolute http(s) URL without a query or fragment, if it is not.
+fn http_url(text: &str) -> Result<(), String> {
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "must be an http:// or https:// URL, e.g. https://auth.example.com, not {text:?}"
+        )),
+    }
+}
+
+/// `true` or `false` (the contract allows no other spelling).
+fn boolean(var: &str, value: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    match value.map(str::trim) {
+        None => Ok(default),
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(bad(var, format!("must be true or false, not {other:?}"))),
     }
 }
 

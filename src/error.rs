@@ -99,6 +99,9 @@ pub enum ApiError {
     UnsupportedMediaType(&'static str),
     #[error("Too many login attempts; try again in {retry_after} seconds")]
     TooManyAttempts { retry_after: u64 },
+    /// The hourly limit of mails of one kind to one user.
+    #[error("Too many mails of this kind were sent to this address; try again in {retry_after} seconds")]
+    TooManyMails { retry_after: u64 },
     #[error("The server is busy hashing passwords; try again shortly")]
     Overloaded,
     /// The database is locked, full or failing: a passing condition, so 503 with `Retry-After`.
@@ -142,6 +145,12 @@ impl From<StoreError> for Rejection {
 
 /// What is said when a change would leave no admin.
 pub const LAST_ADMIN: &str = "This is the last admin; promote another user first";
+/// What a mailed link's unknown, used, replaced or expired token gets.
+pub const BAD_LINK: &str = "This link is invalid or has expired; ask for a new one";
+/// What an unverified account's right password gets with `REQUIRE_EMAIL_VERIFICATION=true`.
+pub const VERIFY_FIRST: &str = "Verify your email address first";
+/// What `POST /register` gets with `REGISTRATION=closed`.
+pub const REGISTRATION_CLOSED: &str = "Registration is closed; ask an administrator for an account";
 /// What a member is told at an admin route.
 pub const NEEDS_ADMIN: &str = "This needs the admin role";
 
@@ -160,7 +169,9 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts { .. } | Self::TooManyMails { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -201,7 +212,7 @@ impl ApiError {
             Self::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Self::TooManyAttempts { retry_after } => {
+            Self::TooManyAttempts { retry_after } | Self::TooManyMails { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
@@ -329,7 +340,8 @@ pub struct RequestTimeout(pub Problem);
 )]
 pub struct UnsupportedMediaType(pub Problem);
 
-/// Too many failed logins for this account or from this address.
+/// Too many failed logins for this account or from this address (or, for mail, too many mails
+/// of one kind to one user within an hour).
 #[derive(ToResponse)]
 #[response(
     content_type = "application/problem+json",

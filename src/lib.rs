@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod filters;
 pub mod keys;
+pub mod mail;
 pub mod openapi;
 pub mod password;
 pub mod routes;
@@ -47,6 +48,7 @@ pub struct State {
     pub hasher: PasswordHasher,
     pub rules: Arc<Rules>,
     pub throttle: Throttle,
+    pub mailer: mail::Mailer,
 }
 
 impl std::ops::Deref for AppState {
@@ -66,6 +68,8 @@ pub enum StartError {
     Setup(#[from] error::ApiError),
     #[error("{0}")]
     Keys(#[from] keys::KeyError),
+    #[error("{0}")]
+    Mail(#[from] mail::MailError),
 }
 
 impl AppState {
@@ -84,7 +88,9 @@ impl AppState {
         hasher: PasswordHasher,
     ) -> Result<Self, StartError> {
         let ring = keys::KeyRing::load(&config, &store).await?;
+        let mailer = mail::Mailer::new(&config.mail)?;
         Ok(Self(Arc::new(State {
+            mailer,
             tokens: TokenKeys::new(&config, Arc::new(ring)),
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
@@ -99,7 +105,7 @@ impl AppState {
 
 impl AppState {
     /// Housekeeping, every minute while the server runs: expired sessions, sealed successors past
-    /// their grace window and idle throttle entries go.
+    /// their grace window, idle throttle entries, expired mail tokens and old outbox rows go.
     pub async fn maintain(self) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
@@ -110,7 +116,15 @@ impl AppState {
                 Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "could not remove expired sessions"),
             }
+            if let Err(e) = self.store.purge_mail(tokens::now_seconds()).await {
+                tracing::warn!(error = %e, "could not remove expired mail tokens and sent mail");
+            }
         }
+    }
+
+    /// The mail worker: delivers the outbox while the server runs (see [`mail`]).
+    pub async fn deliver_mail(self) {
+        self.mailer.run(self.store.clone()).await;
     }
 }
 
@@ -118,6 +132,8 @@ impl AppState {
 pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
     let routes = routes::ops::routes(&state)
         .or(routes::users::routes(&state))
+        .unify()
+        .or(routes::recovery::routes(&state))
         .unify()
         .or(routes::admin::routes(&state))
         .unify()

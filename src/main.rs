@@ -139,8 +139,16 @@ async fn serve(config: Config) -> Result<(), CommandError> {
         "starting"
     );
     let state = AppState::new(config).await?;
+    match &state.config.mail.smtp {
+        Some(smtp) => tracing::info!(smtp = %smtp, from = %state.config.mail.from, links = %state.config.mail.public_url, "mail is delivered over SMTP"),
+        None => tracing::warn!(
+            "SMTP_URL is not set: mail is NOT delivered; verification and reset links are \
+             written to this log instead. Set SMTP_URL to send them."
+        ),
+    }
     let store = state.store.clone();
     let housekeeping = tokio::spawn(state.clone().maintain());
+    let mail_worker = tokio::spawn(state.clone().deliver_mail());
     let key_watch = tokio::spawn(state.tokens.ring().clone().watch(store.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -161,6 +169,7 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     .await;
     housekeeping.abort();
     key_watch.abort();
+    mail_worker.abort();
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "the database did not close cleanly");
     }

@@ -13,7 +13,7 @@ use crate::error::{
     RequestTimeout, ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::keys::{JwkSet, PublicJwk};
-use crate::routes::{admin, docs, keys, ops, users};
+use crate::routes::{admin, docs, keys, ops, recovery, users};
 use crate::store::{Role, User};
 
 /// The document utoipa generates from the code, pretty-printed, with a final newline.
@@ -30,7 +30,8 @@ pub fn document() -> String {
     info(
         title = "warp-auth-api",
         description = "User registration, login with JWT access tokens and rotating refresh tokens, \
-            sessions that can be revoked, and user administration. Every error is \
+            sessions that can be revoked, email verification and password reset by mail, and \
+            user administration. Every error is \
             `application/problem+json` (RFC 9457). Authorize with the `access_token` of a login \
             (the bearer scheme) to try the protected operations."
     ),
@@ -43,6 +44,10 @@ pub fn document() -> String {
         users::update_profile,
         users::delete_account,
         users::change_password,
+        recovery::verify_email,
+        recovery::resend_verification,
+        recovery::forgot_password,
+        recovery::reset_password,
         admin::list_users,
         admin::set_role,
         admin::delete_user,

@@ -8,7 +8,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::store::{NewSession, Refresh, Role, Rotation, Store, StoreError};
-use crate::tokens::{self, RefreshToken};
+use crate::tokens::{self, OpaqueToken};
 
 /// How long a just-spent refresh token still gets the live pair of its session (two tabs
 /// refreshing at once, a retry after a lost response).
@@ -33,7 +33,7 @@ pub async fn start(
     verified_hash: String,
 ) -> Result<TokenPair, ApiError> {
     let session_id = tokens::new_session_id();
-    let refresh = RefreshToken::generate();
+    let refresh = OpaqueToken::generate();
     let now = tokens::now_seconds();
     state
         .store
@@ -53,8 +53,8 @@ pub async fn start(
 /// presented again revokes its session, except within [`REFRESH_GRACE_SECONDS`] of its use, when
 /// it gets the live pair again.
 pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiError> {
-    let presented = RefreshToken::parse(presented).ok_or(ApiError::InvalidToken)?;
-    let successor = RefreshToken::generate();
+    let presented = OpaqueToken::parse(presented).ok_or(ApiError::InvalidToken)?;
+    let successor = OpaqueToken::generate();
     let outcome = state
         .store
         .refresh(Rotation {

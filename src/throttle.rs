@@ -242,6 +242,20 @@ impl LoginThrottle {
         })
     }
 
+    /// Counts one request against the address's limit (a forgot-password request), or answers
+    /// 429 when the address is at it.
+    pub fn count_address(&self, addr: IpAddr) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let addr = address_key(addr);
+        let now = Instant::now();
+        let mut addresses = lock(&self.addresses);
+        addresses.admit(addr, now).map_err(too_many)?;
+        addresses.settle(addr, now, true);
+        Ok(())
+    }
+
     fn end(&self, account: &str, addr: Option<IpAddr>, failed: bool) {
         let now = Instant::now();
         lock(&self.accounts).settle(account.to_owned(), now, failed);
@@ -333,6 +347,29 @@ impl Throttle {
         match self {
             Throttle::Local(local) => local.begin(account, addr).map(Guard::Local),
             Throttle::Shared(shared) => shared.begin(account, addr).await.map(Guard::Shared),
+        }
+    }
+
+    /// Counts one request against the client address's limit, as a failed login counts (the
+    /// forgot-password request), or answers 429 when the address is at it.
+    pub async fn count_address(&self, addr: IpAddr) -> Result<(), ApiError> {
+        match self {
+            Throttle::Local(local) => local.count_address(addr),
+            Throttle::Shared(shared) => {
+                let key = crate::store::ThrottleKey {
+                    key: format!("address:{}", address_key(addr)),
+                    max_failures: shared.max_failures.saturating_mul(10),
+                };
+                // Counted up front, and never given back.
+                match shared
+                    .store
+                    .throttle_admit(&[key], crate::tokens::now_seconds())
+                    .await?
+                {
+                    Some(wait) => Err(ApiError::TooManyAttempts { retry_after: wait }),
+                    None => Ok(()),
+                }
+            }
         }
     }
 

@@ -155,14 +155,15 @@ pub fn random_id() -> String {
         .to_string()
 }
 
-/// A refresh token: 256 random bits, base64url. Only its hash is stored.
-pub struct RefreshToken {
+/// An opaque token (a refresh token, a mailed link's token): 256 random bits, base64url. Only its
+/// hash is stored.
+pub struct OpaqueToken {
     pub token: String,
     pub bytes: [u8; 32],
     pub hash: [u8; 32],
 }
 
-impl RefreshToken {
+impl OpaqueToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
@@ -187,12 +188,12 @@ impl RefreshToken {
     /// again within it gets the same successor back, so two racing refreshes end on one chain.
     /// The key is SHA-256 of this token, which is stored nowhere, so a copy of the database
     /// reveals no live token. Each token seals exactly one successor (a one-time pad).
-    pub fn seal(&self, successor: &RefreshToken) -> [u8; 32] {
+    pub fn seal(&self, successor: &OpaqueToken) -> [u8; 32] {
         xor(&successor.bytes, &self.pad())
     }
 
     /// The successor sealed by [`seal`](Self::seal) under this token.
-    pub fn unseal(&self, sealed: &[u8]) -> Option<RefreshToken> {
+    pub fn unseal(&self, sealed: &[u8]) -> Option<OpaqueToken> {
         let sealed: [u8; 32] = sealed.try_into().ok()?;
         Some(Self::from_bytes(xor(&sealed, &self.pad())))
     }
@@ -319,26 +320,26 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_long_hashed_and_parse_back() {
-        let a = RefreshToken::generate();
-        let b = RefreshToken::generate();
+        let a = OpaqueToken::generate();
+        let b = OpaqueToken::generate();
         assert_ne!(a.token, b.token);
         assert_eq!(a.token.len(), 43);
-        let parsed = RefreshToken::parse(&a.token).unwrap();
+        let parsed = OpaqueToken::parse(&a.token).unwrap();
         assert_eq!(parsed.hash, a.hash);
         assert_ne!(a.hash, a.bytes);
-        assert!(RefreshToken::parse("short").is_none());
-        assert!(RefreshToken::parse(&format!("{}A", a.token)).is_none());
+        assert!(OpaqueToken::parse("short").is_none());
+        assert!(OpaqueToken::parse(&format!("{}A", a.token)).is_none());
     }
 
     #[test]
     fn a_sealed_successor_opens_only_with_its_predecessor() {
-        let old = RefreshToken::generate();
-        let new = RefreshToken::generate();
+        let old = OpaqueToken::generate();
+        let new = OpaqueToken::generate();
         let sealed = old.seal(&new);
         assert_ne!(sealed, new.bytes);
         assert_eq!(old.unseal(&sealed).unwrap().token, new.token);
         assert_ne!(
-            RefreshToken::generate().unseal(&sealed).unwrap().token,
+            OpaqueToken::generate().unseal(&sealed).unwrap().token,
             new.token
         );
     }

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod docs;
 pub mod keys;
 pub mod ops;
+pub mod recovery;
 pub mod users;
 
 use warp::Reply;

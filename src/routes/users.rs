@@ -12,9 +12,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{ApiError, REGISTRATION_CLOSED, VERIFY_FIRST};
 use crate::error::{
-    BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
+    BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
     TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::filters::{
@@ -22,7 +22,7 @@ use crate::filters::{
 };
 use crate::routes::no_content;
 use crate::sessions::{self, TokenPair};
-use crate::store::{Role, User};
+use crate::store::{MailKind, Role, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
@@ -31,6 +31,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // POST /api/v1/users/register
     let register = warp::path!("register").and(
         warp::post()
+            .and(registration_open(state))
             .and(json_body::<RegisterIn>(&state.rules))
             .and(with_state(state))
             .and_then(register)
@@ -284,15 +285,17 @@ fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
 ///
 /// The email is trimmed and lower-cased; the password must have at least `PASSWORD_MIN_LENGTH`
 /// characters (default 8), at most 72 bytes, and not be a common password. A `role` sent here is
-/// ignored: new users are members.
+/// ignored: new users are members. A verification mail goes to the address. With
+/// `REGISTRATION=closed` this answers 403.
 #[utoipa::path(
     post,
     path = "/api/v1/users/register",
     tag = "users",
     request_body = RegisterIn,
     responses(
-        (status = 201, description = "Registered", body = User, headers(("Location" = String, description = "`/api/v1/users/me`"))),
+        (status = 201, description = "Registered; a verification mail is queued", body = User, headers(("Location" = String, description = "`/api/v1/users/me`"))),
         (status = 400, response = BadRequest),
+        (status = 403, response = Forbidden),
         (status = 409, response = Conflict),
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
@@ -308,12 +311,37 @@ pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Respon
         return Err(ApiError::EmailTaken.into());
     }
     let hash = state.hasher.hash(body.password).await?;
+    // The verification mail is queued in the transaction that makes the user.
+    let verification = state.mailer.token(MailKind::VerifyEmail);
     let user = state
         .store
-        .create_user(body.email, body.full_name, hash, Role::Member)
+        .create_user(
+            body.email,
+            body.full_name,
+            hash,
+            Role::Member,
+            Some(verification),
+        )
         .await?;
-    tracing::info!(user_id = user.id, "user registered");
+    state.mailer.queued();
+    tracing::info!(user_id = user.id, "user registered; verification mail queued");
     Ok(created(&user))
+}
+
+/// With `REGISTRATION=closed`, 403 before the body is read.
+fn registration_open(
+    state: &AppState,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone + use<> {
+    let open = state.config.registration_open;
+    warp::any()
+        .and_then(move || async move {
+            if open {
+                Ok(())
+            } else {
+                Err(Rejection::from(ApiError::Forbidden(REGISTRATION_CLOSED)))
+            }
+        })
+        .untuple_one()
 }
 
 fn created(user: &User) -> Response {
@@ -346,7 +374,8 @@ pub(crate) fn me(auth: Auth) -> Response {
 /// Log in: a new session and its first token pair.
 ///
 /// JSON `{email, password}`, or the OAuth2 password form `username=…&password=…`. Unknown
-/// emails and wrong passwords get the same 401. Repeated failures are throttled (429).
+/// emails and wrong passwords get the same 401. Repeated failures are throttled (429). With
+/// `REQUIRE_EMAIL_VERIFICATION=true`, the right password of an unverified account gets 403.
 #[utoipa::path(
     post,
     path = "/api/v1/users/login",
@@ -359,6 +388,7 @@ pub(crate) fn me(auth: Auth) -> Response {
         (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -418,6 +448,14 @@ async fn attempt_login(
         }
     };
     attempt.succeeded().await;
+    if state.config.require_email_verification && !credentials.email_verified {
+        tracing::warn!(
+            outcome = "unverified",
+            user_id = credentials.user_id,
+            "login refused: the email is not verified"
+        );
+        return Err(ApiError::Forbidden(VERIFY_FIRST));
+    }
     let mut verified_hash = credentials.password_hash;
     if state.hasher.needs_rehash(&verified_hash) {
         let new_hash = state.hasher.hash(body.password.clone()).await?;

@@ -76,7 +76,7 @@ impl Role {
 
 /// A user as the API shows it (never with its password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z"}))]
+#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z", "email_verified": false}))]
 pub struct User {
     #[schema(example = 1)]
     pub id: i64,
@@ -89,6 +89,9 @@ pub struct User {
     /// RFC 3339, UTC.
     #[schema(example = "2026-01-01T12:00:00Z")]
     pub created_at: String,
+    /// Whether the owner of the email proved it (the mailed link, or a password reset).
+    #[schema(example = false)]
+    pub email_verified: bool,
 }
 
 /// What login needs to check a password (and the role its token will carry).
@@ -97,6 +100,7 @@ pub struct Credentials {
     pub user_id: i64,
     pub password_hash: String,
     pub role: Role,
+    pub email_verified: bool,
 }
 
 /// A new session: its id, its user, the hash of its first refresh token and its end.
@@ -212,6 +216,98 @@ pub struct ThrottleKey {
     pub max_failures: u32,
 }
 
+/// The two kinds of mailed link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailKind {
+    VerifyEmail,
+    ResetPassword,
+}
+
+impl MailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailKind::VerifyEmail => "verify_email",
+            MailKind::ResetPassword => "reset_password",
+        }
+    }
+
+    /// The kind a database column holds.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "verify_email" => Some(MailKind::VerifyEmail),
+            "reset_password" => Some(MailKind::ResetPassword),
+            _ => None,
+        }
+    }
+}
+
+/// A one-time token to store (by its hash) and to mail (the token itself, held by the outbox
+/// until the mail is handed over), with its lifetime.
+pub struct MailToken {
+    pub kind: MailKind,
+    pub hash: [u8; 32],
+    pub token: String,
+    pub now: u64,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for MailToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("MailToken")
+            .field("kind", &self.kind)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whom a mail is for.
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    User(i64),
+    /// An email that may have no account (forgot password).
+    Email(String),
+}
+
+/// What queueing a mail led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// The token is stored (older ones of its kind are dead) and the mail is in the outbox.
+    Yes,
+    /// The hourly limit of mails of this kind to this user is reached: nothing changed.
+    Limited { retry_after: u64 },
+    /// No such user: nothing changed.
+    NoSuchUser,
+}
+
+/// A mail the outbox holds, claimed for one delivery attempt.
+pub struct OutboxMail {
+    pub id: i64,
+    pub kind: MailKind,
+    pub recipient: String,
+    pub token: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for OutboxMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxMail")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The mails claimed for delivery, and how many queued ones were dropped instead because their
+/// link had died (expired, replaced by a newer one, or used).
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub mails: Vec<OutboxMail>,
+    pub dropped: u64,
+}
+
 /// The database handle handlers use. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -270,14 +366,16 @@ impl Store {
 
     /// Inserts a user; an email already present (in any case) is `EmailTaken`, also when two
     /// registrations race: the database's unique index decides.
+    /// `verification`: a verification token and its mail, queued in the same transaction.
     pub async fn create_user(
         &self,
         email: String,
         full_name: Option<String>,
         password_hash: String,
         role: Role,
+        verification: Option<MailToken>,
     ) -> Result<User, StoreError> {
-        dispatch!(self.create_user(email, full_name, password_hash, role))
+        dispatch!(self.create_user(email, full_name, password_hash, role, verification))
     }
 
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
@@ -350,6 +448,91 @@ impl Store {
     /// itself: its token is dead); the last admin is `LastAdmin`.
     pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
         dispatch!(self.delete_user(actor_id, user_id))
+    }
+
+    /// Marks the user's email verified now, if it is not yet (an admin made from the command
+    /// line: the operator vouches for it).
+    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
+        dispatch!(self.mark_email_verified(user_id, now))
+    }
+
+    // Mail.
+
+    /// Stores a one-time token for the recipient (replacing the older one of its kind) and its
+    /// mail in the outbox, in one transaction, unless `hourly_limit` mails of that kind went to
+    /// the user within the last hour (then nothing changes). Whether a verification is still
+    /// needed is the caller's check.
+    pub async fn queue_mail(
+        &self,
+        to: Recipient,
+        token: MailToken,
+        hourly_limit: u32,
+    ) -> Result<Queued, StoreError> {
+        dispatch!(self.queue_mail(to, token, hourly_limit))
+    }
+
+    /// Uses a verification token: the email is verified and the user (as it is now) comes back;
+    /// `None` when the token is unknown, used, replaced or expired.
+    pub async fn verify_email(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<Option<User>, StoreError> {
+        dispatch!(self.verify_email(hash, now))
+    }
+
+    /// The user a live reset token is for (checked before the new password is hashed).
+    pub async fn reset_token_user(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.reset_token_user(hash, now))
+    }
+
+    /// Uses a reset token, in one transaction: the password is set, every session and mailed
+    /// token of the user ends, and the email counts as verified. The user's id; `None` when the
+    /// token is unknown, used, replaced or expired.
+    pub async fn reset_password(
+        &self,
+        hash: [u8; 32],
+        new_password_hash: String,
+        now: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.reset_password(hash, new_password_hash, now))
+    }
+
+    /// Claims up to `limit` due mails for one delivery attempt each: they are not due again until
+    /// `now + lease` (a worker that dies mid-send leaves them to the next one). On PostgreSQL
+    /// rows another replica holds are skipped, so each mail is sent by one. Queued mails whose
+    /// link has died are dropped instead.
+    pub async fn claim_mail(
+        &self,
+        now: u64,
+        lease: u64,
+        limit: u32,
+    ) -> Result<Claimed, StoreError> {
+        dispatch!(self.claim_mail(now, lease, limit))
+    }
+
+    /// The mail was handed to the SMTP server: its token leaves the outbox.
+    pub async fn mail_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+        dispatch!(self.mail_sent(id, now))
+    }
+
+    /// The attempt failed: the mail is due again at `retry_at`.
+    pub async fn mail_failed(
+        &self,
+        id: i64,
+        retry_at: u64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.mail_failed(id, retry_at, error))
+    }
+
+    /// Housekeeping: expired tokens, and outbox rows done for more than a day, go.
+    pub async fn purge_mail(&self, now: u64) -> Result<u64, StoreError> {
+        dispatch!(self.purge_mail(now))
     }
 
     // Signing keys.

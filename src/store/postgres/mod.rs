@@ -14,6 +14,7 @@
 //! server is back.
 
 mod keys;
+mod mail;
 mod sessions;
 mod throttle;
 mod users;
@@ -31,6 +32,7 @@ use crate::config::PostgresLocation;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_initial.sql"),
     include_str!("../../../migrations/postgres/0002_signing_keys.sql"),
+    include_str!("../../../migrations/postgres/0003_mail.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -189,7 +191,8 @@ impl PostgresStore {
                 "SELECT (SELECT max(id) FROM users),
                         (SELECT max(expires_at) FROM sessions),
                         (SELECT count(*) FROM (SELECT 1 FROM spent_refresh_tokens LIMIT 1) s),
-                        (SELECT count(*) FROM (SELECT 1 FROM login_throttle LIMIT 1) t)",
+                        (SELECT count(*) FROM (SELECT 1 FROM login_throttle LIMIT 1) t),
+                        (SELECT max(id) FROM mail_outbox)",
             )
             .await?;
         client.query_one(&stmt, &[]).await?;
@@ -268,7 +271,8 @@ pub(super) fn is_unique_violation(err: &tokio_postgres::Error) -> bool {
 macro_rules! user_columns {
     () => {
         "u.id, u.email, u.full_name, u.role, \
-         to_char(u.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+         to_char(u.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+         u.email_verified_at IS NOT NULL"
     };
 }
 pub(super) use user_columns;
@@ -280,6 +284,7 @@ pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
         full_name: row.try_get(2)?,
         role: role_from_db(row.try_get(3)?)?,
         created_at: row.try_get(4)?,
+        email_verified: row.try_get(5)?,
     })
 }
 

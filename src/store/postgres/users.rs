@@ -4,10 +4,12 @@
 
 use tokio_postgres::Transaction;
 
+use super::mail::store_token;
 use super::{
-    PostgresStore, is_unique_violation, lock_admins, role_from_db, user_columns, user_from_row,
+    PostgresStore, is_unique_violation, lock_admins, role_from_db, to_i64, user_columns,
+    user_from_row,
 };
-use crate::store::{Credentials, Page, Role, StoreError, User};
+use crate::store::{Credentials, MailToken, Page, Role, StoreError, User};
 
 impl PostgresStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -24,15 +26,17 @@ impl PostgresStore {
         full_name: Option<String>,
         password_hash: String,
         role: Role,
+        verification: Option<MailToken>,
     ) -> Result<User, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
             .prepare_cached(concat!(
                 "INSERT INTO users AS u (email, full_name, password_hash, role) VALUES ($1, $2, $3, $4) RETURNING ",
                 user_columns!()
             ))
             .await?;
-        let row = client
+        let row = tx
             .query_one(&stmt, &[&email, &full_name, &password_hash, &role.as_str()])
             .await
             .map_err(|e| {
@@ -42,13 +46,18 @@ impl PostgresStore {
                     e.into()
                 }
             })?;
-        user_from_row(&row)
+        let user = user_from_row(&row)?;
+        if let Some(token) = verification {
+            store_token(&tx, user.id, &user.email, &token).await?;
+        }
+        tx.commit().await?;
+        Ok(user)
     }
 
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, password_hash, role FROM users WHERE lower(email) = $1")
+            .prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL FROM users WHERE lower(email) = $1")
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
         row.map(|row| {
@@ -56,6 +65,7 @@ impl PostgresStore {
                 user_id: row.try_get(0)?,
                 password_hash: row.try_get(1)?,
                 role: role_from_db(row.try_get(2)?)?,
+                email_verified: row.try_get(3)?,
             })
         })
         .transpose()
@@ -106,6 +116,12 @@ impl PostgresStore {
         }
         tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
             .await?;
+        // A reset link mailed before the change must not undo it.
+        tx.execute(
+            "DELETE FROM mail_tokens WHERE user_id = $1 AND kind = 'reset_password'",
+            &[&user_id],
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -167,6 +183,17 @@ impl PostgresStore {
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
         row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL",
+                &[&to_i64(now), &user_id],
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn set_role(

@@ -7,6 +7,7 @@
 //! `PRAGMA user_version` and checked, so an older binary refuses a newer database.
 
 mod keys;
+mod mail;
 mod sessions;
 mod users;
 
@@ -25,6 +26,7 @@ use crate::config::DatabaseLocation;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../../migrations/sqlite/0002_signing_keys.sql"),
+    include_str!("../../../migrations/sqlite/0003_mail.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -32,8 +34,16 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// writes queue behind each other on the writer's thread, and each would wait this long.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A user from the columns `u.id, u.email, u.full_name, u.role, u.created_at`, in this order.
-/// (Each query writes them out, so its SQL is a constant, not formatted on every call.)
+/// The columns of a user, in the order [`user_from_row`] reads them, as a literal for
+/// `concat!` (every query's SQL stays a constant). Unqualified, so that `RETURNING` can use it.
+macro_rules! user_columns {
+    () => {
+        "id, email, full_name, role, created_at, email_verified_at IS NOT NULL"
+    };
+}
+pub(super) use user_columns;
+
+/// A user from the columns of [`user_columns`].
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: row.get(0)?,
@@ -41,6 +51,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         full_name: row.get(2)?,
         role: role_from_db(&row.get::<_, String>(3)?)?,
         created_at: row.get(4)?,
+        email_verified: row.get(5)?,
     })
 }
 
@@ -213,7 +224,8 @@ impl SqliteStore {
                         (SELECT email FROM users ORDER BY email LIMIT 1),
                         (SELECT max(expires_at) FROM sessions),
                         (SELECT count(*) FROM (SELECT 1 FROM sessions LIMIT 1)),
-                        (SELECT count(*) FROM (SELECT 1 FROM spent_refresh_tokens LIMIT 1))",
+                        (SELECT count(*) FROM (SELECT 1 FROM spent_refresh_tokens LIMIT 1)),
+                        (SELECT max(id) FROM mail_outbox)",
             )?
             .query_row([], |_| Ok(()))?;
             Ok(())

@@ -55,7 +55,8 @@ impl SqliteStore {
         let now = to_i64(now);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM sessions s JOIN users u ON u.id = s.user_id
+                "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL
+                 FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3",
             )?;
             Ok(stmt

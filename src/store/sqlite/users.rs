@@ -2,8 +2,9 @@
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
-use super::{SqliteStore, is_unique_violation, role_from_db, user_from_row};
-use crate::store::{Credentials, Page, Role, StoreError, User};
+use super::mail::store_token;
+use super::{SqliteStore, is_unique_violation, role_from_db, to_i64, user_columns, user_from_row};
+use crate::store::{Credentials, MailToken, Page, Role, StoreError, User};
 
 impl SqliteStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -22,16 +23,17 @@ impl SqliteStore {
         full_name: Option<String>,
         password_hash: String,
         role: Role,
+        verification: Option<MailToken>,
     ) -> Result<User, StoreError> {
         self.write(move |c| {
             // An explicit transaction: its commit reports a failure (a full disk) that a
             // statement's own autocommit would hide once its RETURNING row has been read.
             let tx = c.transaction()?;
             let user = tx
-                .prepare_cached(
-                    "INSERT INTO users (email, full_name, password_hash, role) VALUES (?1, ?2, ?3, ?4)
-                     RETURNING id, email, full_name, role, created_at",
-                )?
+                .prepare_cached(concat!(
+                    "INSERT INTO users (email, full_name, password_hash, role) VALUES (?1, ?2, ?3, ?4) RETURNING ",
+                    user_columns!()
+                ))?
                 .query_row(
                     params![email, full_name, password_hash, role.as_str()],
                     user_from_row,
@@ -43,6 +45,9 @@ impl SqliteStore {
                         e.into()
                     }
                 })?;
+            if let Some(token) = verification {
+                store_token(&tx, user.id, &user.email, &token)?;
+            }
             tx.commit()?;
             Ok(user)
         })
@@ -52,13 +57,14 @@ impl SqliteStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         self.read(move |c| {
             let mut stmt =
-                c.prepare_cached("SELECT id, password_hash, role FROM users WHERE email = ?1")?;
+                c.prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL FROM users WHERE email = ?1")?;
             Ok(stmt
                 .query_row(params![email], |row| {
                     Ok(Credentials {
                         user_id: row.get(0)?,
                         password_hash: row.get(1)?,
                         role: role_from_db(&row.get::<_, String>(2)?)?,
+                        email_verified: row.get(3)?,
                     })
                 })
                 .optional()?)
@@ -116,6 +122,11 @@ impl SqliteStore {
             }
             tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
                 .execute(params![user_id])?;
+            // A reset link mailed before the change must not undo it.
+            tx.prepare_cached(
+                "DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = 'reset_password'",
+            )?
+            .execute(params![user_id])?;
             tx.commit()?;
             Ok(true)
         })
@@ -133,8 +144,10 @@ impl SqliteStore {
             let tx = c.transaction()?;
             let user = tx
                 .prepare_cached(
-                    "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
-                )?
+                    concat!(
+                    "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING ",
+                    user_columns!()
+                ))?
                 .query_row(params![full_name, user_id], user_from_row)
                 .optional()?;
             tx.commit()?;
@@ -149,9 +162,11 @@ impl SqliteStore {
             let total = tx
                 .prepare_cached("SELECT count(*) FROM users")?
                 .query_row([], |r| r.get(0))?;
-            let items = tx.prepare_cached(
-                    "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM users u ORDER BY u.id LIMIT ?1 OFFSET ?2",
-                )?
+            let items = tx.prepare_cached(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users ORDER BY id LIMIT ?1 OFFSET ?2"
+                ))?
                 .query_map(params![limit, offset], user_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Page { items, total })
@@ -161,11 +176,25 @@ impl SqliteStore {
 
     pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, StoreError> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT u.id, u.email, u.full_name, u.role, u.created_at FROM users u WHERE u.email = ?1",
-            )?
+            Ok(c.prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE email = ?1"
+            ))?
             .query_row(params![email], user_from_row)
             .optional()?)
+        })
+        .await
+    }
+
+    /// Marks the email verified now, unless it already is.
+    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE users SET email_verified_at = ?1 WHERE id = ?2 AND email_verified_at IS NULL",
+            )?
+            .execute(params![to_i64(now), user_id])?;
+            Ok(())
         })
         .await
     }
@@ -267,8 +296,9 @@ fn change_role(
         return Err(StoreError::LastAdmin);
     }
     Ok(tx
-        .prepare_cached(
-            "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING id, email, full_name, role, created_at",
-        )?
+        .prepare_cached(concat!(
+            "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING ",
+            user_columns!()
+        ))?
         .query_row(params![role.as_str(), user_id], user_from_row)?)
 }

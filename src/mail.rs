@@ -1,0 +1,377 @@
+//! Mail: the verification and password-reset mails, their one-time tokens, and the worker that
+//! delivers the outbox.
+//!
+//! A handler that sends mail makes a token ([`Mailer::token`]) and asks the store to keep it with
+//! its mail in one transaction (the outbox), then wakes the worker. The worker ([`Mailer::run`],
+//! a task started by `main`) claims due mails, sends each over SMTP with `lettre`, and on failure
+//! tries again later with a growing back-off, so a down SMTP server delays mail and loses none.
+//! Without `SMTP_URL` the worker writes each mail's recipient, subject and link to the log.
+//!
+//! A mail is rendered when it is sent, from its kind and token: the outbox holds no body. It holds
+//! the token only until the mail is handed over; the token table holds only its SHA-256.
+
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio::sync::Notify;
+
+use crate::config::{MailSettings, SmtpTls};
+use crate::store::{MailKind, MailToken, OutboxMail, Store, StoreError};
+use crate::tokens::{self, OpaqueToken};
+
+/// At most this many mails of one kind to one user per hour (further requests send nothing).
+pub const MAILS_PER_HOUR: u32 = 3;
+/// A claimed mail is not claimed again (by this worker or another replica's) for this long.
+const LEASE_SECONDS: u64 = 120;
+/// Mails claimed at once.
+const BATCH: u32 = 20;
+/// How often the worker looks for due mail without being woken (mail queued by another
+/// replica, retries).
+const POLL: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts at one mail.
+const MAX_BACKOFF_SECONDS: u64 = 600;
+/// How long one SMTP conversation may take.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the mail transport could not be set up at start.
+#[derive(Debug, thiserror::Error)]
+#[error("SMTP_URL: {0}")]
+pub struct MailError(String);
+
+/// How mail leaves the service.
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    /// No `SMTP_URL`: mails are written to the log.
+    Log,
+}
+
+/// The mail side of the service: links, tokens, messages and delivery.
+pub struct Mailer {
+    settings: MailSettings,
+    transport: Transport,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("smtp", &self.settings.smtp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    pub fn new(settings: &MailSettings) -> Result<Self, MailError> {
+        let transport = match &settings.smtp {
+            None => Transport::Log,
+            Some(smtp) => {
+                let tls_parameters = || {
+                    TlsParameters::new(smtp.host.clone())
+                        .map_err(|e| MailError(format!("TLS for {}: {e}", smtp.host)))
+                };
+                let tls = match smtp.tls {
+                    SmtpTls::None => Tls::None,
+                    SmtpTls::Opportunistic => Tls::Opportunistic(tls_parameters()?),
+                    SmtpTls::Required => Tls::Required(tls_parameters()?),
+                    SmtpTls::Wrapper => Tls::Wrapper(tls_parameters()?),
+                };
+                let mut builder =
+                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(smtp.host.clone())
+                        .port(smtp.port)
+                        .tls(tls)
+                        .timeout(Some(SMTP_TIMEOUT));
+                if let Some((user, password)) = &smtp.credentials {
+                    builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+                }
+                Transport::Smtp(builder.build())
+            }
+        };
+        Ok(Self {
+            settings: settings.clone(),
+            transport,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Whether mail is delivered (an SMTP server is configured) rather than logged.
+    pub fn delivers(&self) -> bool {
+        matches!(self.transport, Transport::Smtp(_))
+    }
+
+    /// A new one-time token of `kind`, with its lifetime from the settings.
+    pub fn token(&self, kind: MailKind) -> MailToken {
+        let token = OpaqueToken::generate();
+        let now = tokens::now_seconds();
+        MailToken {
+            kind,
+            hash: token.hash,
+            token: token.token,
+            now,
+            expires_at: now + self.lifetime_seconds(kind),
+        }
+    }
+
+    /// The hash a presented token is stored under; `None` for anything that cannot be a token.
+    pub fn hash_of(presented: &str) -> Option<[u8; 32]> {
+        OpaqueToken::parse(presented).map(|t| t.hash)
+    }
+
+    /// Wakes the worker: a mail was just queued.
+    pub fn queued(&self) {
+        self.wake.notify_one();
+    }
+
+    fn lifetime_seconds(&self, kind: MailKind) -> u64 {
+        match kind {
+            MailKind::VerifyEmail => u64::from(self.settings.verify_hours) * 3600,
+            MailKind::ResetPassword => u64::from(self.settings.reset_minutes) * 60,
+        }
+    }
+
+    /// The link a mail carries.
+    pub fn link(&self, kind: MailKind, token: &str) -> String {
+        let template = match kind {
+            MailKind::VerifyEmail => &self.settings.verify_email_url,
+            MailKind::ResetPassword => &self.settings.reset_password_url,
+        };
+        // Tokens are base64url: nothing in them needs escaping in a URL.
+        template.replace("{token}", token)
+    }
+
+    /// The subject, plain text and HTML of a mail.
+    fn render(&self, kind: MailKind, link: &str) -> (&'static str, String, String) {
+        let lifetime = lifetime_words(self.lifetime_seconds(kind));
+        let (subject, lead, end) = match kind {
+            MailKind::VerifyEmail => (
+                "Verify your email address",
+                "An account was made with this email address. To confirm that the address is \
+                 yours, open this link:",
+                format!(
+                    "The link works once and expires in {lifetime}. If you did not make an \
+                     account, ignore this mail."
+                ),
+            ),
+            MailKind::ResetPassword => (
+                "Reset your password",
+                "Someone asked to reset the password of the account with this email address. \
+                 To choose a new password, open this link:",
+                format!(
+                    "The link works once and expires in {lifetime}. Setting a new password logs \
+                     out every device signed in to the account. If you did not ask for this, \
+                     ignore this mail: your password stays as it is."
+                ),
+            ),
+        };
+        let text = format!("Hello,\n\n{lead}\n\n{link}\n\n{end}\n");
+        let link_html = escape_html(link);
+        let html = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{subject}</title></head>\
+             <body><p>Hello,</p><p>{lead}</p><p><a href=\"{link_html}\">{link_html}</a></p>\
+             <p>{end}</p></body></html>\n",
+            lead = escape_html(lead),
+            end = escape_html(&end),
+        );
+        (subject, text, html)
+    }
+
+    fn message(&self, mail: &OutboxMail, link: &str) -> Result<Message, String> {
+        let to: Mailbox = mail
+            .recipient
+            .parse()
+            .map_err(|e| format!("the recipient is not a mailbox lettre accepts: {e}"))?;
+        let (subject, text, html) = self.render(mail.kind, link);
+        Message::builder()
+            .from(self.settings.from.clone())
+            .to(to)
+            .subject(subject)
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| format!("building the message: {e}"))
+    }
+
+    /// The worker: delivers due mail until the task is aborted (at shutdown). A mail claimed when
+    /// the process stops is claimed again once its lease is over, by this or another replica.
+    pub async fn run(&self, store: Store) {
+        loop {
+            let mut wait = POLL;
+            match store
+                .claim_mail(tokens::now_seconds(), LEASE_SECONDS, BATCH)
+                .await
+            {
+                Ok(claimed) => {
+                    if claimed.dropped > 0 {
+                        tracing::warn!(
+                            mails = claimed.dropped,
+                            "queued mail dropped: its link died before it could be sent \
+                             (expired, replaced by a newer one, or already used)"
+                        );
+                    }
+                    let full = claimed.mails.len() == BATCH as usize;
+                    for mail in claimed.mails {
+                        if let Some(retry) = self.deliver(&store, mail).await {
+                            wait = wait.min(retry);
+                        }
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the mail outbox could not be read"),
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One attempt at one mail; when it failed, how long until it is due again.
+    async fn deliver(&self, store: &Store, mail: OutboxMail) -> Option<Duration> {
+        let link = self.link(mail.kind, &mail.token);
+        let result = match &self.transport {
+            Transport::Log => {
+                let (subject, _, _) = self.render(mail.kind, &link);
+                tracing::info!(
+                    to = %mail.recipient,
+                    subject,
+                    link = %link,
+                    "mail not delivered (no SMTP_URL): written here instead"
+                );
+                Ok(())
+            }
+            Transport::Smtp(smtp) => match self.message(&mail, &link) {
+                Ok(message) => smtp.send(message).await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
+        };
+        let now = tokens::now_seconds();
+        let outcome = match result {
+            Ok(()) => {
+                if self.delivers() {
+                    tracing::info!(mail_id = mail.id, kind = mail.kind.as_str(), "mail sent");
+                }
+                store.mail_sent(mail.id, now).await.map(|()| None)
+            }
+            Err(error) => {
+                let backoff = backoff_seconds(mail.attempts);
+                tracing::warn!(
+                    mail_id = mail.id,
+                    kind = mail.kind.as_str(),
+                    attempt = mail.attempts + 1,
+                    retry_in_s = backoff,
+                    error = %error,
+                    "mail not sent; it stays queued"
+                );
+                store
+                    .mail_failed(mail.id, now + backoff, error)
+                    .await
+                    .map(|()| Some(Duration::from_secs(backoff)))
+            }
+        };
+        outcome.unwrap_or_else(|e: StoreError| {
+            // The lease brings the mail back; a mail sent and not marked may go out twice.
+            tracing::warn!(mail_id = mail.id, error = %e, "the outbox could not be updated");
+            None
+        })
+    }
+}
+
+/// The wait after `attempts` failed attempts: 2 s, 4 s, 8 s, … up to ten minutes.
+fn backoff_seconds(attempts: u32) -> u64 {
+    2u64.saturating_pow(attempts.saturating_add(1))
+        .min(MAX_BACKOFF_SECONDS)
+}
+
+/// "30 minutes", "24 hours", "1 hour".
+fn lifetime_words(seconds: u64) -> String {
+    let (n, unit) = if seconds % 3600 == 0 {
+        (seconds / 3600, "hour")
+    } else {
+        (seconds / 60, "minute")
+    };
+    if n == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{n} {unit}s")
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailer(pairs: &[(&str, &str)]) -> Mailer {
+        let config = crate::config::Config::from_vars(pairs.iter().copied()).unwrap();
+        Mailer::new(&config.mail).unwrap()
+    }
+
+    #[test]
+    fn links_follow_public_url_or_the_templates() {
+        let m = mailer(&[("PUBLIC_URL", "https://auth.example.com/")]);
+        assert_eq!(
+            m.link(MailKind::VerifyEmail, "abc"),
+            "https://auth.example.com/account/verify-email?token=abc"
+        );
+        assert_eq!(
+            m.link(MailKind::ResetPassword, "abc"),
+            "https://auth.example.com/account/reset-password?token=abc"
+        );
+        let m = mailer(&[("RESET_PASSWORD_URL", "https://app.example.com/reset/{token}")]);
+        assert_eq!(
+            m.link(MailKind::ResetPassword, "xyz"),
+            "https://app.example.com/reset/xyz"
+        );
+    }
+
+    #[test]
+    fn tokens_have_256_bits_and_their_lifetime() {
+        let m = mailer(&[("PASSWORD_RESET_EXPIRE_MINUTES", "45")]);
+        let a = m.token(MailKind::ResetPassword);
+        let b = m.token(MailKind::ResetPassword);
+        assert_ne!(a.token, b.token);
+        assert_eq!(a.token.len(), 43);
+        assert_eq!(a.expires_at - a.now, 45 * 60);
+        assert_eq!(Mailer::hash_of(&a.token), Some(a.hash));
+        assert_eq!(Mailer::hash_of("not a token"), None);
+        let v = m.token(MailKind::VerifyEmail);
+        assert_eq!(v.expires_at - v.now, 24 * 3600);
+    }
+
+    #[test]
+    fn both_parts_carry_the_link_and_the_html_is_escaped() {
+        let m = mailer(&[("VERIFY_EMAIL_URL", "https://app.example.com/v?a=1&token={token}")]);
+        let link = m.link(MailKind::VerifyEmail, "tok");
+        let (subject, text, html) = m.render(MailKind::VerifyEmail, &link);
+        assert_eq!(subject, "Verify your email address");
+        assert!(text.contains("https://app.example.com/v?a=1&token=tok"));
+        assert!(text.contains("24 hours"));
+        assert!(html.contains("href=\"https://app.example.com/v?a=1&amp;token=tok\""));
+        let (_, text, _) = m.render(MailKind::ResetPassword, "L");
+        assert!(text.contains("30 minutes"));
+    }
+
+    #[test]
+    fn back_off_grows_and_is_capped() {
+        assert_eq!(backoff_seconds(0), 2);
+        assert_eq!(backoff_seconds(1), 4);
+        assert_eq!(backoff_seconds(5), 64);
+        assert_eq!(backoff_seconds(40), MAX_BACKOFF_SECONDS);
+    }
+}

@@ -1,0 +1,279 @@
+//! Mail on SQLite: the one-time tokens of mailed links, and the outbox the mail worker sends from.
+//!
+//! Every write runs on the single writer connection, in an IMMEDIATE transaction, so the hourly
+//! count and the insert it allows cannot interleave with another request's.
+
+use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
+
+use super::{SqliteStore, to_i64, user_from_row};
+use crate::store::{Claimed, MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
+
+/// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
+const DONE_KEPT_SECONDS: i64 = 86_400;
+
+/// Stores `token` as the user's only live one of its kind and puts its mail in the outbox, inside
+/// the caller's transaction.
+pub(super) fn store_token(
+    tx: &rusqlite::Transaction<'_>,
+    user_id: i64,
+    email: &str,
+    token: &MailToken,
+) -> rusqlite::Result<()> {
+    let kind = token.kind.as_str();
+    let now = to_i64(token.now);
+    tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = ?2")?
+        .execute(params![user_id, kind])?;
+    tx.prepare_cached(
+        "INSERT INTO mail_tokens (hash, user_id, kind, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        &token.hash[..],
+        user_id,
+        kind,
+        now,
+        to_i64(token.expires_at)
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO mail_outbox (user_id, kind, recipient, token, token_hash, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?
+    .execute(params![
+        user_id,
+        kind,
+        email,
+        token.token,
+        &token.hash[..],
+        now
+    ])?;
+    Ok(())
+}
+
+fn kind_from_db(kind: &str) -> rusqlite::Result<MailKind> {
+    MailKind::parse(kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            1,
+            rusqlite::types::Type::Text,
+            format!("unknown mail kind {kind:?}").into(),
+        )
+    })
+}
+
+impl SqliteStore {
+    pub async fn queue_mail(
+        &self,
+        to: Recipient,
+        token: MailToken,
+        hourly_limit: u32,
+    ) -> Result<Queued, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let user: Option<(i64, String)> = match &to {
+                Recipient::User(id) => tx
+                    .prepare_cached("SELECT id, email FROM users WHERE id = ?1")?
+                    .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?,
+                Recipient::Email(email) => tx
+                    .prepare_cached("SELECT id, email FROM users WHERE email = ?1")?
+                    .query_row(params![email], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?,
+            };
+            let Some((user_id, email)) = user else {
+                return Ok(Queued::NoSuchUser);
+            };
+            let now = to_i64(token.now);
+            let (sent, oldest): (i64, Option<i64>) = tx
+                .prepare_cached(
+                    "SELECT count(*), min(created_at) FROM mail_outbox
+                     WHERE user_id = ?1 AND kind = ?2 AND created_at > ?3",
+                )?
+                .query_row(params![user_id, token.kind.as_str(), now - 3600], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if sent >= i64::from(hourly_limit) {
+                let retry_after = oldest.map_or(3600, |oldest| (oldest + 3600 - now).max(1));
+                return Ok(Queued::Limited {
+                    retry_after: u64::try_from(retry_after).unwrap_or(3600),
+                });
+            }
+            store_token(&tx, user_id, &email, &token)?;
+            tx.commit()?;
+            Ok(Queued::Yes)
+        })
+        .await
+    }
+
+    pub async fn verify_email(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<Option<User>, StoreError> {
+        let now = to_i64(now);
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(user_id) = take_token(&tx, &hash, MailKind::VerifyEmail, now)? else {
+                return Ok(None);
+            };
+            let user = tx
+                .prepare_cached(concat!(
+                    "UPDATE users SET email_verified_at = coalesce(email_verified_at, ?1)
+                     WHERE id = ?2 RETURNING ",
+                    super::user_columns!()
+                ))?
+                .query_row(params![now, user_id], user_from_row)
+                .optional()?;
+            tx.commit()?;
+            Ok(user)
+        })
+        .await
+    }
+
+    pub async fn reset_token_user(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = to_i64(now);
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT user_id FROM mail_tokens WHERE hash = ?1 AND kind = 'reset_password' AND expires_at > ?2",
+            )?
+            .query_row(params![&hash[..], now], |r| r.get(0))
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn reset_password(
+        &self,
+        hash: [u8; 32],
+        new_password_hash: String,
+        now: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = to_i64(now);
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(user_id) = take_token(&tx, &hash, MailKind::ResetPassword, now)? else {
+                return Ok(None);
+            };
+            tx.prepare_cached(
+                "UPDATE users SET password_hash = ?1, email_verified_at = coalesce(email_verified_at, ?2)
+                 WHERE id = ?3",
+            )?
+            .execute(params![new_password_hash, now, user_id])?;
+            tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+                .execute(params![user_id])?;
+            tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1")?
+                .execute(params![user_id])?;
+            tx.commit()?;
+            Ok(Some(user_id))
+        })
+        .await
+    }
+
+    pub async fn claim_mail(
+        &self,
+        now: u64,
+        lease: u64,
+        limit: u32,
+    ) -> Result<Claimed, StoreError> {
+        let now = to_i64(now);
+        let lease = to_i64(lease);
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let dropped = tx
+                .prepare_cached(
+                    "UPDATE mail_outbox SET status = 'dropped', token = NULL, done_at = ?1
+                     WHERE status = 'queued' AND next_attempt_at <= ?1 AND NOT EXISTS (
+                         SELECT 1 FROM mail_tokens t
+                         WHERE t.hash = mail_outbox.token_hash AND t.expires_at > ?1)",
+                )?
+                .execute(params![now])?;
+            let mails = tx
+                .prepare_cached(
+                    "UPDATE mail_outbox SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
+                     WHERE id IN (SELECT id FROM mail_outbox
+                                  WHERE status = 'queued' AND next_attempt_at <= ?1
+                                  ORDER BY next_attempt_at, id LIMIT ?3)
+                     RETURNING id, kind, recipient, token, attempts - 1",
+                )?
+                .query_map(params![now, lease, limit], |r| {
+                    Ok(OutboxMail {
+                        id: r.get(0)?,
+                        kind: kind_from_db(&r.get::<_, String>(1)?)?,
+                        recipient: r.get(2)?,
+                        token: r.get(3)?,
+                        attempts: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit()?;
+            Ok(Claimed {
+                mails,
+                dropped: dropped as u64,
+            })
+        })
+        .await
+    }
+
+    pub async fn mail_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+        let now = to_i64(now);
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE mail_outbox SET status = 'sent', token = NULL, done_at = ?1, last_error = NULL
+                 WHERE id = ?2",
+            )?
+            .execute(params![now, id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn mail_failed(
+        &self,
+        id: i64,
+        retry_at: u64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        let retry_at = to_i64(retry_at);
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE mail_outbox SET next_attempt_at = ?1, last_error = ?2
+                 WHERE id = ?3 AND status = 'queued'",
+            )?
+            .execute(params![retry_at, error, id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn purge_mail(&self, now: u64) -> Result<u64, StoreError> {
+        let now = to_i64(now);
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let tokens = tx
+                .prepare_cached("DELETE FROM mail_tokens WHERE expires_at <= ?1")?
+                .execute(params![now])?;
+            let mails = tx
+                .prepare_cached("DELETE FROM mail_outbox WHERE status != 'queued' AND done_at < ?1")?
+                .execute(params![now - DONE_KEPT_SECONDS])?;
+            tx.commit()?;
+            Ok((tokens + mails) as u64)
+        })
+        .await
+    }
+}
+
+/// Deletes a live token of `kind`, inside the caller's transaction; the user it was for.
+fn take_token(
+    tx: &rusqlite::Transaction<'_>,
+    hash: &[u8; 32],
+    kind: MailKind,
+    now: i64,
+) -> rusqlite::Result<Option<i64>> {
+    tx.prepare_cached(
+        "DELETE FROM mail_tokens WHERE hash = ?1 AND kind = ?2 AND expires_at > ?3 RETURNING user_id",
+    )?
+    .query_row(params![&hash[..], kind.as_str(), now], |r| r.get(0))
+    .optional()
+}
