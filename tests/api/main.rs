@@ -11,6 +11,7 @@
 #![allow(clippy::duplicate_mod)]
 
 mod pg;
+mod smtp;
 
 /// The storage backend a test module runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
