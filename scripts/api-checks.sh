@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The API as its users meet it, on the real binary: Swagger UI and ReDoc in a real browser, then
-# schemathesis against the served /openapi.json. Used by .ci/run.
+# The API as its users meet it, on the real binary: Swagger UI and ReDoc in a real browser, the
+# mails and the account pages they link to (a server of their own, sending to an SMTP catcher),
+# then schemathesis against the served /openapi.json. Used by .ci/run.
 #
 # usage: scripts/api-checks.sh BINARY VENV
 #   BINARY  the warp-auth-api binary (the release build)
-#   VENV    a Python virtual environment with schemathesis and playwright (see .ci/run)
+#   VENV    a Python virtual environment with schemathesis, playwright and aiosmtpd (see .ci/run)
 set -euo pipefail
 BIN=$(realpath "${1:?the warp-auth-api binary}")
-VENV=${2:?a virtual environment with schemathesis and playwright}
+VENV=${2:?a virtual environment with schemathesis, playwright and aiosmtpd}
 PY="$VENV/bin/python"
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -43,6 +44,9 @@ member() { # a fresh member's access token (its password is the documented examp
 
 echo "== browser: /docs and /redoc in Chromium"
 "$PY" "$here/browser_check.py" "$base"
+
+echo "== browser: the verification and reset mails, their links opened in Chromium"
+"$PY" "$here/mail_browser_check.py" "$BIN"
 
 # Every check but positive_data_acceptance: two registration rules cannot be written in JSON
 # Schema (the 72-byte limit, where JSON Schema counts characters, and the common-password list),

@@ -141,6 +141,8 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(routes::docs::routes())
         .unify()
+        .or(routes::account::routes())
+        .unify()
         .boxed();
     let api = routes.recover(error::recover).unify().boxed();
     let api = with_cors(api, &state.config.cors_origins);

@@ -1,5 +1,6 @@
 //! One module per resource; each exposes `routes(state)` as one boxed filter.
 
+pub mod account;
 pub mod admin;
 pub mod docs;
 pub mod keys;

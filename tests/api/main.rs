@@ -44,6 +44,8 @@ mod sqlite {
     mod openapi;
     #[path = "ops.rs"]
     mod ops;
+    #[path = "pages.rs"]
+    mod pages;
     #[path = "security.rs"]
     mod security;
     #[path = "server.rs"]
