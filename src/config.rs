@@ -362,7 +362,9 @@ impl SmtpSettings {
         let credentials = match (url.username(), url.password()) {
             ("", None) => None,
             (user, Some(password)) => Some((decode(user)?, decode(password)?)),
-            (_, None) => return Err("names a user but no password (smtp://USER:PASSWORD@HOST)".into()),
+            (_, None) => {
+                return Err("names a user but no password (smtp://USER:PASSWORD@HOST)".into());
+            }
         };
         Ok(Self {
             host,
@@ -372,7 +374,6 @@ impl SmtpSettings {
         })
     }
 }
-
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -397,7 +398,10 @@ impl fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("login_max_failures", &self.login_max_failures)
             .field("mail", &self.mail)
-            .field("require_email_verification", &self.require_email_verification)
+            .field(
+                "require_email_verification",
+                &self.require_email_verification,
+            )
             .field("registration_open", &self.registration_open)
             .finish()
     }
@@ -742,7 +746,9 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
                 if !t.contains("{token}") {
                     return Err(bad(
                         var,
-                        format!("must contain {{token}} where the token goes, e.g. https://app.example.com{page}?token={{token}}"),
+                        format!(
+                            "must contain {{token}} where the token goes, e.g. https://app.example.com{page}?token={{token}}"
+                        ),
                     ));
                 }
                 http_url(&t.replace("{token}", "TOKEN")).map_err(|why| bad(var, why))?;
@@ -783,7 +789,13 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
         reset_password_url,
         smtp,
         from,
-        verify_hours: in_range("EMAIL_VERIFY_EXPIRE_HOURS", raw.verify_hours, 24, 1, 24 * 30)?,
+        verify_hours: in_range(
+            "EMAIL_VERIFY_EXPIRE_HOURS",
+            raw.verify_hours,
+            24,
+            1,
+            24 * 30,
+        )?,
         reset_minutes: in_range(
             "PASSWORD_RESET_EXPIRE_MINUTES",
             raw.reset_minutes,
@@ -923,6 +935,20 @@ mod tests {
             ("JWT_ISSUER", " "),
             ("RUST_LOG", "foo=bar=baz"),
             ("DATABASE_URL", "file:app.db"),
+            ("SMTP_URL", "mail.example.com"),
+            ("SMTP_URL", "http://mail.example.com"),
+            ("SMTP_URL", "smtp://mail.example.com?tls=maybe"),
+            ("SMTP_URL", "smtps://mail.example.com?tls=none"),
+            ("SMTP_URL", "smtp://user@mail.example.com"),
+            ("MAIL_FROM", "not a mailbox"),
+            ("PUBLIC_URL", "auth.example.com"),
+            ("PUBLIC_URL", "ftp://auth.example.com"),
+            ("VERIFY_EMAIL_URL", "https://app.example.com/verify"),
+            ("RESET_PASSWORD_URL", "/reset?token={token}"),
+            ("EMAIL_VERIFY_EXPIRE_HOURS", "0"),
+            ("PASSWORD_RESET_EXPIRE_MINUTES", "0"),
+            ("REQUIRE_EMAIL_VERIFICATION", "yes"),
+            ("REGISTRATION", "invite"),
             (
                 "JWT_SECRET",
                 "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
@@ -950,6 +976,61 @@ mod tests {
     fn the_secret_never_appears_in_debug_output() {
         let c = cfg(&[("JWT_SECRET", SECRET)]).unwrap();
         assert!(!format!("{c:?}").contains(SECRET));
+    }
+
+    #[test]
+    fn mail_settings_follow_the_contract() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.mail.smtp.is_none());
+        assert_eq!(c.mail.public_url, "http://localhost:8000");
+        assert_eq!(
+            c.mail.from.to_string(),
+            "warp-auth-api <no-reply@localhost>"
+        );
+        assert_eq!((c.mail.verify_hours, c.mail.reset_minutes), (24, 30));
+        assert!(!c.require_email_verification);
+        assert!(c.registration_open);
+
+        let smtp = |url: &str| cfg(&[("SMTP_URL", url)]).unwrap().mail.smtp.unwrap();
+        let plain = smtp("smtp://127.0.0.1:1025?tls=none");
+        assert_eq!((plain.tls, plain.port), (SmtpTls::None, 1025));
+        let starttls = smtp("smtp://me%40x.com:p%3Ass@mail.example.com");
+        assert_eq!((starttls.tls, starttls.port), (SmtpTls::Opportunistic, 587));
+        assert_eq!(
+            starttls.credentials,
+            Some(("me@x.com".to_owned(), "p:ss".to_owned()))
+        );
+        assert_eq!(smtp("smtp://h?tls=required").tls, SmtpTls::Required);
+        let wrapper = smtp("smtps://h");
+        assert_eq!((wrapper.tls, wrapper.port), (SmtpTls::Wrapper, 465));
+
+        let c = cfg(&[
+            ("REQUIRE_EMAIL_VERIFICATION", "true"),
+            ("REGISTRATION", "closed"),
+            ("MAIL_FROM", "Example <no-reply@example.com>"),
+            ("HOST", "0.0.0.0"),
+            ("PORT", "9000"),
+        ])
+        .unwrap();
+        assert!(c.require_email_verification && !c.registration_open);
+        assert_eq!(c.mail.public_url, "http://localhost:9000");
+        assert_eq!(c.mail.from.email.to_string(), "no-reply@example.com");
+    }
+
+    #[test]
+    fn the_smtp_password_never_appears_in_messages_or_debug_output() {
+        let c = cfg(&[(
+            "SMTP_URL",
+            "smtp://user:hunter2-secret@mail.example.com:587",
+        )])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let err = cfg(&[(
+            "SMTP_URL",
+            "smtp://user:hunter2-secret@mail.example.com:587?x=1",
+        )])
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

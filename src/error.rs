@@ -100,7 +100,9 @@ pub enum ApiError {
     #[error("Too many login attempts; try again in {retry_after} seconds")]
     TooManyAttempts { retry_after: u64 },
     /// The hourly limit of mails of one kind to one user.
-    #[error("Too many mails of this kind were sent to this address; try again in {retry_after} seconds")]
+    #[error(
+        "Too many mails of this kind were sent to this address; try again in {retry_after} seconds"
+    )]
     TooManyMails { retry_after: u64 },
     #[error("The server is busy hashing passwords; try again shortly")]
     Overloaded,

@@ -53,6 +53,9 @@ pub struct Mailer {
     settings: MailSettings,
     transport: Transport,
     wake: Notify,
+    /// Set at shutdown: the worker finishes the mail it is sending and stops, so that no claim
+    /// is left to wait for its lease.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -93,6 +96,7 @@ impl Mailer {
             settings: settings.clone(),
             transport,
             wake: Notify::new(),
+            stopping: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -117,6 +121,11 @@ impl Mailer {
     /// The hash a presented token is stored under; `None` for anything that cannot be a token.
     pub fn hash_of(presented: &str) -> Option<[u8; 32]> {
         OpaqueToken::parse(presented).map(|t| t.hash)
+    }
+
+    /// Asks the worker to stop once the mail it is sending is done (at shutdown).
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Wakes the worker: a mail was just queued.
@@ -191,10 +200,12 @@ impl Mailer {
             .map_err(|e| format!("building the message: {e}"))
     }
 
-    /// The worker: delivers due mail until the task is aborted (at shutdown). A mail claimed when
-    /// the process stops is claimed again once its lease is over, by this or another replica.
+    /// The worker: delivers due mail until [`stop`](Self::stop) is called (at shutdown), then
+    /// returns after the mail it is sending. A mail claimed by a process that died meanwhile is
+    /// claimed again once its lease is over, by this or another replica.
     pub async fn run(&self, store: Store) {
-        loop {
+        let mut stopping = self.stopping.subscribe();
+        while !*stopping.borrow() {
             let mut wait = POLL;
             match store
                 .claim_mail(tokens::now_seconds(), LEASE_SECONDS, BATCH)
@@ -210,6 +221,17 @@ impl Mailer {
                     }
                     let full = claimed.mails.len() == BATCH as usize;
                     for mail in claimed.mails {
+                        if *stopping.borrow() {
+                            // Given back at once rather than at the end of its lease.
+                            let _ = store
+                                .mail_failed(
+                                    mail.id,
+                                    tokens::now_seconds(),
+                                    "the server stopped".into(),
+                                )
+                                .await;
+                            continue;
+                        }
                         if let Some(retry) = self.deliver(&store, mail).await {
                             wait = wait.min(retry);
                         }
@@ -223,6 +245,7 @@ impl Mailer {
             tokio::select! {
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(wait) => {}
+                _ = stopping.changed() => {}
             }
         }
     }
@@ -242,7 +265,11 @@ impl Mailer {
                 Ok(())
             }
             Transport::Smtp(smtp) => match self.message(&mail, &link) {
-                Ok(message) => smtp.send(message).await.map(drop).map_err(|e| e.to_string()),
+                Ok(message) => smtp
+                    .send(message)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             },
         };
@@ -286,7 +313,7 @@ fn backoff_seconds(attempts: u32) -> u64 {
 
 /// "30 minutes", "24 hours", "1 hour".
 fn lifetime_words(seconds: u64) -> String {
-    let (n, unit) = if seconds % 3600 == 0 {
+    let (n, unit) = if seconds.is_multiple_of(3600) {
         (seconds / 3600, "hour")
     } else {
         (seconds / 60, "minute")
@@ -333,7 +360,10 @@ mod tests {
             m.link(MailKind::ResetPassword, "abc"),
             "https://auth.example.com/account/reset-password?token=abc"
         );
-        let m = mailer(&[("RESET_PASSWORD_URL", "https://app.example.com/reset/{token}")]);
+        let m = mailer(&[(
+            "RESET_PASSWORD_URL",
+            "https://app.example.com/reset/{token}",
+        )]);
         assert_eq!(
             m.link(MailKind::ResetPassword, "xyz"),
             "https://app.example.com/reset/xyz"
@@ -356,7 +386,10 @@ mod tests {
 
     #[test]
     fn both_parts_carry_the_link_and_the_html_is_escaped() {
-        let m = mailer(&[("VERIFY_EMAIL_URL", "https://app.example.com/v?a=1&token={token}")]);
+        let m = mailer(&[(
+            "VERIFY_EMAIL_URL",
+            "https://app.example.com/v?a=1&token={token}",
+        )]);
         let link = m.link(MailKind::VerifyEmail, "tok");
         let (subject, text, html) = m.render(MailKind::VerifyEmail, &link);
         assert_eq!(subject, "Verify your email address");

@@ -140,7 +140,9 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     );
     let state = AppState::new(config).await?;
     match &state.config.mail.smtp {
-        Some(smtp) => tracing::info!(smtp = %smtp, from = %state.config.mail.from, links = %state.config.mail.public_url, "mail is delivered over SMTP"),
+        Some(smtp) => {
+            tracing::info!(smtp = %smtp, from = %state.config.mail.from, links = %state.config.mail.public_url, "mail is delivered over SMTP")
+        }
         None => tracing::warn!(
             "SMTP_URL is not set: mail is NOT delivered; verification and reset links are \
              written to this log instead. Set SMTP_URL to send them."
@@ -148,6 +150,7 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     }
     let store = state.store.clone();
     let housekeeping = tokio::spawn(state.clone().maintain());
+    let state_for_mail = state.clone();
     let mail_worker = tokio::spawn(state.clone().deliver_mail());
     let key_watch = tokio::spawn(state.tokens.ring().clone().watch(store.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -169,7 +172,16 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     .await;
     housekeeping.abort();
     key_watch.abort();
-    mail_worker.abort();
+    // The mail being sent is finished (or given back), so no claim waits out its lease.
+    state_for_mail.mailer.stop();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), mail_worker)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the mail worker did not stop within 10 s; a mail may be sent again after its lease"
+        );
+    }
     if let Err(e) = store.close().await {
         tracing::warn!(error = %e, "the database did not close cleanly");
     }

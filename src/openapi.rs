@@ -13,7 +13,7 @@ use crate::error::{
     RequestTimeout, ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::keys::{JwkSet, PublicJwk};
-use crate::routes::{admin, docs, keys, ops, recovery, users};
+use crate::routes::{account, admin, docs, keys, ops, recovery, users};
 use crate::store::{Role, User};
 
 /// The document utoipa generates from the code, pretty-printed, with a final newline.
@@ -48,6 +48,8 @@ pub fn document() -> String {
         recovery::resend_verification,
         recovery::forgot_password,
         recovery::reset_password,
+        account::verify_email_page,
+        account::reset_password_page,
         admin::list_users,
         admin::set_role,
         admin::delete_user,
@@ -77,6 +79,7 @@ pub fn document() -> String {
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Registration, login, sessions and the caller's own account"),
+        (name = "account", description = "The pages the verification and reset mails link to"),
         (name = "admin", description = "User administration (the admin role)"),
         (name = "keys", description = "The public keys that verify access tokens"),
         (name = "ops", description = "Health and documentation"),

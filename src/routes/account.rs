@@ -25,16 +25,12 @@ const STYLE: &str = include_str!("../../assets/account/account.css");
 
 pub fn routes() -> BoxedFilter<(Response,)> {
     // GET /account/verify-email
-    let verify_email = warp::path!("account" / "verify-email").and(
-        get()
-            .map(|| page(VERIFY_EMAIL))
-            .or(allow("GET, HEAD"))
-            .unify(),
-    );
+    let verify_email = warp::path!("account" / "verify-email")
+        .and(get().map(verify_email_page).or(allow("GET, HEAD")).unify());
     // GET /account/reset-password
     let reset_password = warp::path!("account" / "reset-password").and(
         get()
-            .map(|| page(RESET_PASSWORD))
+            .map(reset_password_page)
             .or(allow("GET, HEAD"))
             .unify(),
     );
@@ -61,6 +57,34 @@ pub fn routes() -> BoxedFilter<(Response,)> {
         .or(style)
         .unify()
         .boxed()
+}
+
+/// The page a verification mail links to (`?token=…`): a button that verifies the email.
+///
+/// Opening it spends nothing; the button POSTs the token to `/api/v1/users/email/verify`.
+#[utoipa::path(
+    get,
+    path = "/account/verify-email",
+    tag = "account",
+    params(("token" = Option<String>, Query, description = "The token of the mailed link (read by the page's script)")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
+pub(crate) fn verify_email_page() -> Response {
+    page(VERIFY_EMAIL)
+}
+
+/// The page a reset mail links to (`?token=…`): a form for the new password.
+///
+/// Opening it spends nothing; the form POSTs to `/api/v1/users/password/reset`.
+#[utoipa::path(
+    get,
+    path = "/account/reset-password",
+    tag = "account",
+    params(("token" = Option<String>, Query, description = "The token of the mailed link (read by the page's script)")),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
+pub(crate) fn reset_password_page() -> Response {
+    page(RESET_PASSWORD)
 }
 
 /// A page: never cached (its address holds a token, and so may a cache's key), and its address

@@ -129,7 +129,9 @@ impl std::fmt::Debug for ResetIn {
 /// The answer to a request that queues mail.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
-    #[schema(example = "If an account has this email address, a link to reset its password is on its way")]
+    #[schema(
+        example = "If an account has this email address, a link to reset its password is on its way"
+    )]
     pub detail: &'static str,
 }
 
@@ -139,8 +141,11 @@ const VERIFICATION_ACCEPTED: &str =
     "A new verification link is on its way; earlier links no longer work";
 
 fn accepted(detail: &'static str) -> Response {
-    warp::reply::with_status(warp::reply::json(&Accepted { detail }), StatusCode::ACCEPTED)
-        .into_response()
+    warp::reply::with_status(
+        warp::reply::json(&Accepted { detail }),
+        StatusCode::ACCEPTED,
+    )
+    .into_response()
 }
 
 /// Verify the email address with the token of the mailed link.
@@ -162,7 +167,10 @@ fn accepted(detail: &'static str) -> Response {
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn verify_email(body: LinkTokenIn, state: AppState) -> Result<Response, Rejection> {
+pub(crate) async fn verify_email(
+    body: LinkTokenIn,
+    state: AppState,
+) -> Result<Response, Rejection> {
     let hash = Mailer::hash_of(&body.token).ok_or_else(bad_link)?;
     let user = state
         .store
@@ -260,10 +268,14 @@ pub(crate) async fn forgot_password(
                     tracing::info!("password reset mail queued");
                 }
                 Ok(Queued::Limited { .. }) => {
-                    tracing::info!("password reset mail not sent: 3 went to this address within the hour");
+                    tracing::info!(
+                        "password reset mail not sent: 3 went to this address within the hour"
+                    );
                 }
                 Ok(Queued::NoSuchUser) => {
-                    tracing::info!("password reset asked for an email with no account; nothing sent");
+                    tracing::info!(
+                        "password reset asked for an email with no account; nothing sent"
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "password reset mail could not be queued"),
             }

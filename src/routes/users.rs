@@ -14,8 +14,8 @@ use warp::{Filter, Rejection, Reply};
 use crate::AppState;
 use crate::error::{ApiError, REGISTRATION_CLOSED, VERIFY_FIRST};
 use crate::error::{
-    BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout, ServiceUnavailable,
-    TooManyRequests, Unauthorized, UnsupportedMediaType,
+    BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout,
+    ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::filters::{
     Auth, BodyKind, ClientAddr, allow, body_of, client_addr, get, json_body, with_auth, with_state,
@@ -324,7 +324,10 @@ pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Respon
         )
         .await?;
     state.mailer.queued();
-    tracing::info!(user_id = user.id, "user registered; verification mail queued");
+    tracing::info!(
+        user_id = user.id,
+        "user registered; verification mail queued"
+    );
     Ok(created(&user))
 }
 

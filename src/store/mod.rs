@@ -473,11 +473,7 @@ impl Store {
 
     /// Uses a verification token: the email is verified and the user (as it is now) comes back;
     /// `None` when the token is unknown, used, replaced or expired.
-    pub async fn verify_email(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-    ) -> Result<Option<User>, StoreError> {
+    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
         dispatch!(self.verify_email(hash, now))
     }
 

@@ -218,6 +218,11 @@ impl TestApp {
 
     fn from_state(state: AppState, dir: TempDir) -> Self {
         let api = app(state.clone());
+        // With an SMTP server configured, the outbox is delivered as `main` delivers it: by the
+        // worker task, for as long as the test's runtime lives.
+        if state.config.mail.smtp.is_some() {
+            tokio::spawn(state.clone().deliver_mail());
+        }
         Self { state, api, dir }
     }
 

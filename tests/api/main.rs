@@ -40,6 +40,8 @@ mod sqlite {
     mod input;
     #[path = "keys.rs"]
     mod keys;
+    #[path = "mail.rs"]
+    mod mail;
     #[path = "openapi.rs"]
     mod openapi;
     #[path = "ops.rs"]
@@ -77,6 +79,8 @@ mod postgres {
     mod input;
     #[path = "keys.rs"]
     mod keys;
+    #[path = "mail.rs"]
+    mod mail;
     #[path = "ops.rs"]
     mod ops;
     #[path = "replicas.rs"]

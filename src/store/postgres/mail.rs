@@ -98,11 +98,7 @@ impl PostgresStore {
         Ok(Queued::Yes)
     }
 
-    pub async fn verify_email(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-    ) -> Result<Option<User>, StoreError> {
+    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;

@@ -103,11 +103,7 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn verify_email(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-    ) -> Result<Option<User>, StoreError> {
+    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -255,7 +251,9 @@ impl SqliteStore {
                 .prepare_cached("DELETE FROM mail_tokens WHERE expires_at <= ?1")?
                 .execute(params![now])?;
             let mails = tx
-                .prepare_cached("DELETE FROM mail_outbox WHERE status != 'queued' AND done_at < ?1")?
+                .prepare_cached(
+                    "DELETE FROM mail_outbox WHERE status != 'queued' AND done_at < ?1",
+                )?
                 .execute(params![now - DONE_KEPT_SECONDS])?;
             tx.commit()?;
             Ok((tokens + mails) as u64)

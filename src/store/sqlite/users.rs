@@ -143,8 +143,7 @@ impl SqliteStore {
             // An explicit transaction, so that a failed commit is reported (see `create_user`).
             let tx = c.transaction()?;
             let user = tx
-                .prepare_cached(
-                    concat!(
+                .prepare_cached(concat!(
                     "UPDATE users SET full_name = ?1 WHERE id = ?2 RETURNING ",
                     user_columns!()
                 ))?
@@ -162,7 +161,8 @@ impl SqliteStore {
             let total = tx
                 .prepare_cached("SELECT count(*) FROM users")?
                 .query_row([], |r| r.get(0))?;
-            let items = tx.prepare_cached(concat!(
+            let items = tx
+                .prepare_cached(concat!(
                     "SELECT ",
                     user_columns!(),
                     " FROM users ORDER BY id LIMIT ?1 OFFSET ?2"
