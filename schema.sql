@@ -60,18 +60,17 @@ CREATE TABLE IF NOT EXISTS mail_tokens (
     UNIQUE (user_id, kind)
 ) WITHOUT ROWID;
 
--- The outbox: each mail is written in the transaction that makes its token, and a background
--- worker sends it. The link's token is held only until the mail is handed to the SMTP server;
--- sent and dropped rows stay a day, without it, for the per-email hourly limit.
+-- The outbox: a mail is queued in the transaction that asks for it (a registration, a resend, a
+-- forgot-password request), and a background worker sends it. Its token is made when it is sent
+-- (only the hash is kept, in mail_tokens), so no table ever holds a usable link. Sent and dropped
+-- rows stay a day, for the per-email hourly limit.
 CREATE TABLE IF NOT EXISTS mail_outbox (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id         INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     kind            TEXT    NOT NULL CHECK (kind IN ('verify_email', 'reset_password')),
     recipient       TEXT    NOT NULL,
-    token           TEXT,                          -- NULL once sent or dropped
-    token_hash      BLOB    NOT NULL,              -- the mail is dropped once this token is dead
     status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sent', 'dropped')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,    -- also the owner of a claim: each claim adds one
     next_attempt_at INTEGER NOT NULL,              -- unix seconds
     last_error      TEXT,
     created_at      INTEGER NOT NULL,              -- unix seconds

@@ -260,6 +260,8 @@ pub struct Config {
 pub struct MailSettings {
     /// The service's public base URL (no trailing slash).
     pub public_url: String,
+    /// Whether `PUBLIC_URL` was set (else it is made from HOST and PORT).
+    pub public_url_set: bool,
     /// The verification link, with `{token}` where the token goes.
     pub verify_email_url: String,
     /// The reset link, with `{token}` where the token goes.
@@ -286,9 +288,10 @@ pub struct SmtpSettings {
 pub enum SmtpTls {
     /// `?tls=none`: plain text (a local catcher).
     None,
-    /// `smtp://`: STARTTLS when the server offers it.
+    /// `smtp://` without credentials: STARTTLS when the server offers it.
     Opportunistic,
-    /// `smtp://…?tls=required`: STARTTLS or fail.
+    /// `smtp://…?tls=required`, and `smtp://` with credentials: STARTTLS or fail, so that the
+    /// password is never sent in clear to a server whose STARTTLS was stripped.
     Required,
     /// `smtps://`: TLS from the first byte.
     Wrapper,
@@ -341,18 +344,6 @@ impl SmtpSettings {
                 other => return Err(format!("has an unknown parameter {other:?}; {FORM}")),
             }
         }
-        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
-            ("smtp", None | Some("opportunistic")) => (SmtpTls::Opportunistic, 587),
-            ("smtp", Some("required")) => (SmtpTls::Required, 587),
-            ("smtp", Some("none")) => (SmtpTls::None, 25),
-            ("smtps", None) => (SmtpTls::Wrapper, 465),
-            ("smtp" | "smtps", Some(other)) => {
-                return Err(format!(
-                    "has tls={other:?}; tls may be none, opportunistic or required (smtp:// only)"
-                ));
-            }
-            _ => return Err(FORM.to_owned()),
-        };
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8()
@@ -365,6 +356,20 @@ impl SmtpSettings {
             (_, None) => {
                 return Err("names a user but no password (smtp://USER:PASSWORD@HOST)".into());
             }
+        };
+        let (tls, default_port) = match (url.scheme(), tls_param.as_deref()) {
+            // A password is never sent where STARTTLS could have been stripped.
+            ("smtp", None) if credentials.is_some() => (SmtpTls::Required, 587),
+            ("smtp", None | Some("opportunistic")) => (SmtpTls::Opportunistic, 587),
+            ("smtp", Some("required")) => (SmtpTls::Required, 587),
+            ("smtp", Some("none")) => (SmtpTls::None, 25),
+            ("smtps", None) => (SmtpTls::Wrapper, 465),
+            ("smtp" | "smtps", Some(other)) => {
+                return Err(format!(
+                    "has tls={other:?}; tls may be none, opportunistic or required (smtp:// only)"
+                ));
+            }
+            _ => return Err(FORM.to_owned()),
         };
         Ok(Self {
             host,
@@ -751,7 +756,14 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
                         ),
                     ));
                 }
-                http_url(&t.replace("{token}", "TOKEN")).map_err(|why| bad(var, why))?;
+                http_url(&t.replace("{token}", "TOKEN")).map_err(|_| {
+                    bad(
+                        var,
+                        format!(
+                            "must be an http:// or https:// URL with {{token}} in it, not {t:?}"
+                        ),
+                    )
+                })?;
                 Ok(t.to_owned())
             }
         }
@@ -784,6 +796,7 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
             )
         })?;
     Ok(MailSettings {
+        public_url_set: raw.public_url.is_some(),
         public_url,
         verify_email_url,
         reset_password_url,
@@ -995,7 +1008,13 @@ mod tests {
         let plain = smtp("smtp://127.0.0.1:1025?tls=none");
         assert_eq!((plain.tls, plain.port), (SmtpTls::None, 1025));
         let starttls = smtp("smtp://me%40x.com:p%3Ass@mail.example.com");
-        assert_eq!((starttls.tls, starttls.port), (SmtpTls::Opportunistic, 587));
+        // With a password, STARTTLS is required unless the URL says otherwise.
+        assert_eq!((starttls.tls, starttls.port), (SmtpTls::Required, 587));
+        assert_eq!(smtp("smtp://mail.example.com").tls, SmtpTls::Opportunistic);
+        assert_eq!(
+            smtp("smtp://u:p@mail.example.com?tls=opportunistic").tls,
+            SmtpTls::Opportunistic
+        );
         assert_eq!(
             starttls.credentials,
             Some(("me@x.com".to_owned(), "p:ss".to_owned()))

@@ -1,14 +1,16 @@
 //! Mail: the verification and password-reset mails, their one-time tokens, and the worker that
 //! delivers the outbox.
 //!
-//! A handler that sends mail makes a token ([`Mailer::token`]) and asks the store to keep it with
-//! its mail in one transaction (the outbox), then wakes the worker. The worker ([`Mailer::run`],
-//! a task started by `main`) claims due mails, sends each over SMTP with `lettre`, and on failure
-//! tries again later with a growing back-off, so a down SMTP server delays mail and loses none.
+//! A handler that sends mail asks the store to queue it (the outbox), in the transaction of the
+//! change that asks for it, and wakes the worker. The worker ([`Mailer::run`], a task started by
+//! `main`) claims due mails one at a time; for each it makes the one-time token, stores its
+//! SHA-256 as the user's only live token of that kind, and sends the mail over SMTP with `lettre`.
+//! A failed attempt is tried again later with a growing back-off, so a down SMTP server delays
+//! mail and loses none; a mail the server refuses for good is dropped, with a warning.
 //! Without `SMTP_URL` the worker writes each mail's recipient, subject and link to the log.
 //!
-//! A mail is rendered when it is sent, from its kind and token: the outbox holds no body. It holds
-//! the token only until the mail is handed over; the token table holds only its SHA-256.
+//! The token exists in clear only in the worker's memory and in the mail: no table holds a
+//! usable link. A link's lifetime runs from when its mail is sent.
 
 use std::time::Duration;
 
@@ -27,14 +29,15 @@ use crate::tokens::{self, OpaqueToken};
 pub const MAILS_PER_HOUR: u32 = 3;
 /// A claimed mail is not claimed again (by this worker or another replica's) for this long.
 const LEASE_SECONDS: u64 = 120;
-/// Mails claimed at once.
-const BATCH: u32 = 20;
 /// How often the worker looks for due mail without being woken (mail queued by another
 /// replica, retries).
 const POLL: Duration = Duration::from_secs(5);
+/// Forgot-password lookups running after their answer at once; more are dropped (and logged),
+/// so a flood cannot queue unbounded work on the database.
+const BACKGROUND_SLOTS: usize = 64;
 /// The longest wait between two attempts at one mail.
 const MAX_BACKOFF_SECONDS: u64 = 600;
-/// How long one SMTP conversation may take.
+/// How long one SMTP conversation may take, connection to QUIT (well under the lease).
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the mail transport could not be set up at start.
@@ -57,6 +60,8 @@ pub struct Mailer {
     /// Set at shutdown: the worker finishes the mail it is sending and stops, so that no claim
     /// is left to wait for its lease.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Bounds the work requests leave to run after their answer (forgot-password lookups).
+    background: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -98,6 +103,7 @@ impl Mailer {
             transport,
             wake: Notify::new(),
             stopping: tokio::sync::watch::Sender::new(false),
+            background: std::sync::Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
         })
     }
 
@@ -106,22 +112,28 @@ impl Mailer {
         matches!(self.transport, Transport::Smtp(_))
     }
 
-    /// A new one-time token of `kind`, with its lifetime from the settings.
-    pub fn token(&self, kind: MailKind) -> MailToken {
+    /// A new one-time token of `kind` (to mail) and what the store keeps of it (its hash and
+    /// lifetime, from the settings).
+    pub fn token(&self, kind: MailKind) -> (String, MailToken) {
         let token = OpaqueToken::generate();
         let now = tokens::now_seconds();
-        MailToken {
+        let stored = MailToken {
             kind,
             hash: token.hash,
-            token: token.token,
             now,
             expires_at: now + self.lifetime_seconds(kind),
-        }
+        };
+        (token.token, stored)
     }
 
     /// The hash a presented token is stored under; `None` for anything that cannot be a token.
     pub fn hash_of(presented: &str) -> Option<[u8; 32]> {
         OpaqueToken::parse(presented).map(|t| t.hash)
+    }
+
+    /// A slot for work that runs after the request's answer, if one is free.
+    pub fn background_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.background.clone().try_acquire_owned().ok()
     }
 
     /// Asks the worker to stop once the mail it is sending is done (at shutdown).
@@ -189,6 +201,7 @@ impl Mailer {
     }
 
     fn message(&self, mail: &OutboxMail, link: &str) -> Result<Message, String> {
+        // (Built per attempt: the token, and so the link, is new each time.)
         let to: Mailbox = mail
             .recipient
             .parse()
@@ -211,41 +224,17 @@ impl Mailer {
     /// claimed again once its lease is over, by this or another replica.
     pub async fn run(&self, store: Store) {
         let mut stopping = self.stopping.subscribe();
+        let mut wait = POLL;
         while !*stopping.borrow() {
-            let mut wait = POLL;
-            match store
-                .claim_mail(tokens::now_seconds(), LEASE_SECONDS, BATCH)
-                .await
-            {
-                Ok(claimed) => {
-                    if claimed.dropped > 0 {
-                        tracing::warn!(
-                            mails = claimed.dropped,
-                            "queued mail dropped: its link died before it could be sent \
-                             (expired, replaced by a newer one, or already used)"
-                        );
+            match store.claim_mail(tokens::now_seconds(), LEASE_SECONDS).await {
+                Ok(Some(mail)) => {
+                    if let Some(retry) = self.deliver(&store, mail).await {
+                        wait = wait.min(retry);
                     }
-                    let full = claimed.mails.len() == BATCH as usize;
-                    for mail in claimed.mails {
-                        if *stopping.borrow() {
-                            // Given back at once rather than at the end of its lease.
-                            let _ = store
-                                .mail_failed(
-                                    mail.id,
-                                    tokens::now_seconds(),
-                                    "the server stopped".into(),
-                                )
-                                .await;
-                            continue;
-                        }
-                        if let Some(retry) = self.deliver(&store, mail).await {
-                            wait = wait.min(retry);
-                        }
-                    }
-                    if full {
-                        continue;
-                    }
+                    // The next due mail at once.
+                    continue;
                 }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "the mail outbox could not be read"),
             }
             tokio::select! {
@@ -253,12 +242,37 @@ impl Mailer {
                 () = tokio::time::sleep(wait) => {}
                 _ = stopping.changed() => {}
             }
+            wait = POLL;
         }
     }
 
-    /// One attempt at one mail; when it failed, how long until it is due again.
+    /// One attempt at one claimed mail; when it failed and stays queued, how long until it is
+    /// due again.
     async fn deliver(&self, store: &Store, mail: OutboxMail) -> Option<Duration> {
-        let link = self.link(mail.kind, &mail.token);
+        let now = tokens::now_seconds();
+        let lifetime = self.lifetime_seconds(mail.kind);
+        let moot = if mail.kind == MailKind::VerifyEmail && mail.email_verified {
+            Some("the email is verified already".to_owned())
+        } else if now.saturating_sub(u64::try_from(mail.created_at).unwrap_or(0)) > lifetime {
+            Some("it was queued longer than its link would live".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = moot {
+            tracing::warn!(mail_id = mail.id, kind = mail.kind.as_str(), reason = %reason, "queued mail dropped");
+            return self.record(store.mail_dropped(&mail, now, reason).await, &mail, None);
+        }
+        let (token, stored) = self.token(mail.kind);
+        match store.issue_mail_token(&mail, stored).await {
+            Ok(true) => {}
+            // Another worker took this mail over (its lease had run out): it sends it.
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(mail_id = mail.id, error = %e, "the mail's token could not be stored");
+                return None;
+            }
+        }
+        let link = self.link(mail.kind, &token);
         let result = match &self.transport {
             Transport::Log => {
                 let (subject, _, _) = self.render(mail.kind, &link);
@@ -271,44 +285,82 @@ impl Mailer {
                 Ok(())
             }
             Transport::Smtp(smtp) => match self.message(&mail, &link) {
-                Ok(message) => smtp
-                    .send(message)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Ok(message) => match tokio::time::timeout(SMTP_TIMEOUT, smtp.send(message)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(Failure {
+                        permanent: e.is_permanent(),
+                        error: e.to_string(),
+                    }),
+                    Err(_) => Err(Failure {
+                        permanent: false,
+                        error: format!("no answer within {} s", SMTP_TIMEOUT.as_secs()),
+                    }),
+                },
+                Err(error) => Err(Failure {
+                    permanent: true,
+                    error,
+                }),
             },
         };
         let now = tokens::now_seconds();
-        let outcome = match result {
+        match result {
             Ok(()) => {
                 if self.delivers() {
                     tracing::info!(mail_id = mail.id, kind = mail.kind.as_str(), "mail sent");
                 }
-                store.mail_sent(mail.id, now).await.map(|()| None)
+                self.record(store.mail_sent(&mail, now).await, &mail, None)
             }
-            Err(error) => {
-                let backoff = backoff_seconds(mail.attempts);
+            Err(Failure {
+                permanent: true,
+                error,
+            }) => {
                 tracing::warn!(
                     mail_id = mail.id,
                     kind = mail.kind.as_str(),
-                    attempt = mail.attempts + 1,
+                    error = %error,
+                    "mail refused for good; dropped"
+                );
+                self.record(store.mail_dropped(&mail, now, error).await, &mail, None)
+            }
+            Err(Failure { error, .. }) => {
+                let backoff = backoff_seconds(mail.attempt.saturating_sub(1));
+                tracing::warn!(
+                    mail_id = mail.id,
+                    kind = mail.kind.as_str(),
+                    attempt = mail.attempt,
                     retry_in_s = backoff,
                     error = %error,
                     "mail not sent; it stays queued"
                 );
-                store
-                    .mail_failed(mail.id, now + backoff, error)
-                    .await
-                    .map(|()| Some(Duration::from_secs(backoff)))
+                let retry = Duration::from_secs(backoff);
+                self.record(
+                    store.mail_failed(&mail, now + backoff, error).await,
+                    &mail,
+                    Some(retry),
+                )
             }
-        };
-        outcome.unwrap_or_else(|e: StoreError| {
-            // The lease brings the mail back; a mail sent and not marked may go out twice.
-            tracing::warn!(mail_id = mail.id, error = %e, "the outbox could not be updated");
-            None
-        })
+        }
     }
+
+    /// Logs a failure to record an attempt's outcome (the lease then brings the mail back: a
+    /// mail sent and not marked may go out twice).
+    fn record(
+        &self,
+        outcome: Result<(), StoreError>,
+        mail: &OutboxMail,
+        retry: Option<Duration>,
+    ) -> Option<Duration> {
+        if let Err(e) = outcome {
+            tracing::warn!(mail_id = mail.id, error = %e, "the outbox could not be updated");
+        }
+        retry
+    }
+}
+
+/// A failed attempt: whether the SMTP server refused it for good (a 5xx), and why.
+struct Failure {
+    permanent: bool,
+    error: String,
 }
 
 /// The wait after `attempts` failed attempts: 2 s, 4 s, 8 s, … up to ten minutes.
@@ -411,14 +463,14 @@ mod tests {
     #[test]
     fn tokens_have_256_bits_and_their_lifetime() {
         let m = mailer(&[("PASSWORD_RESET_EXPIRE_MINUTES", "45")]);
-        let a = m.token(MailKind::ResetPassword);
-        let b = m.token(MailKind::ResetPassword);
-        assert_ne!(a.token, b.token);
-        assert_eq!(a.token.len(), 43);
-        assert_eq!(a.expires_at - a.now, 45 * 60);
-        assert_eq!(Mailer::hash_of(&a.token), Some(a.hash));
+        let (a, stored) = m.token(MailKind::ResetPassword);
+        let (b, _) = m.token(MailKind::ResetPassword);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_eq!(stored.expires_at - stored.now, 45 * 60);
+        assert_eq!(Mailer::hash_of(&a), Some(stored.hash));
         assert_eq!(Mailer::hash_of("not a token"), None);
-        let v = m.token(MailKind::VerifyEmail);
+        let (_, v) = m.token(MailKind::VerifyEmail);
         assert_eq!(v.expires_at - v.now, 24 * 3600);
     }
 

@@ -139,9 +139,17 @@ async fn serve(config: Config) -> Result<(), CommandError> {
         "starting"
     );
     let state = AppState::new(config).await?;
-    match &state.config.mail.smtp {
+    let mail = &state.config.mail;
+    match &mail.smtp {
         Some(smtp) => {
-            tracing::info!(smtp = %smtp, from = %state.config.mail.from, links = %state.config.mail.public_url, "mail is delivered over SMTP")
+            tracing::info!(smtp = %smtp, from = %mail.from, links = %mail.public_url, "mail is delivered over SMTP");
+            if !mail.public_url_set {
+                tracing::warn!(
+                    links = %mail.public_url,
+                    "PUBLIC_URL is not set: the links in mails start with the address above, made \
+                     from HOST and PORT; set PUBLIC_URL to the address users reach this service at"
+                );
+            }
         }
         None => tracing::warn!(
             "SMTP_URL is not set: mail is NOT delivered; verification and reset links are \

@@ -12,19 +12,18 @@ CREATE TABLE mail_tokens (
     UNIQUE (user_id, kind)
 );
 
--- The outbox: each mail is written in the transaction that makes its token; the replicas' workers
--- claim due rows with FOR UPDATE SKIP LOCKED, so each mail is sent once. The link's token is held
--- only until the mail is handed to the SMTP server; sent and dropped rows stay a day, without it,
--- for the per-email hourly limit.
+-- The outbox: a mail is queued in the transaction that asks for it (a registration, a resend, a
+-- forgot-password request); the replicas' workers claim due rows with FOR UPDATE SKIP LOCKED, so
+-- each mail is sent once. Its token is made when it is sent (only the hash is kept, in
+-- mail_tokens), so no table ever holds a usable link. Sent and dropped rows stay a day, for the
+-- per-email hourly limit.
 CREATE TABLE mail_outbox (
     id              bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_id         bigint  NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     kind            text    NOT NULL CHECK (kind IN ('verify_email', 'reset_password')),
     recipient       text    NOT NULL,
-    token           text,                          -- NULL once sent or dropped
-    token_hash      bytea   NOT NULL,              -- the mail is dropped once this token is dead
     status          text    NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'sent', 'dropped')),
-    attempts        integer NOT NULL DEFAULT 0,
+    attempts        integer NOT NULL DEFAULT 0,    -- also the owner of a claim: each claim adds one
     next_attempt_at bigint  NOT NULL,              -- unix seconds
     last_error      text,
     created_at      bigint  NOT NULL,              -- unix seconds

@@ -205,10 +205,14 @@ pub(crate) async fn resend_verification(
     if auth.user.email_verified {
         return Err(ApiError::Conflict("The email address is already verified").into());
     }
-    let token = state.mailer.token(MailKind::VerifyEmail);
     match state
         .store
-        .queue_mail(Recipient::User(auth.user.id), token, MAILS_PER_HOUR)
+        .queue_mail(
+            Recipient::User(auth.user.id),
+            MailKind::VerifyEmail,
+            crate::tokens::now_seconds(),
+            MAILS_PER_HOUR,
+        )
         .await?
     {
         Queued::Yes => {
@@ -254,13 +258,22 @@ pub(crate) async fn forgot_password(
     }
     // The lookup and the queueing happen after the answer: its timing says nothing about
     // whether the email has an account.
+    let Some(slot) = state.mailer.background_slot() else {
+        tracing::warn!("too many password reset requests at once: this one is not looked up");
+        return Ok(accepted(FORGOT_ACCEPTED));
+    };
     let task_state = state.clone();
     tokio::spawn(
         async move {
-            let token = task_state.mailer.token(MailKind::ResetPassword);
+            let _slot = slot;
             match task_state
                 .store
-                .queue_mail(Recipient::Email(body.email), token, MAILS_PER_HOUR)
+                .queue_mail(
+                    Recipient::Email(body.email),
+                    MailKind::ResetPassword,
+                    crate::tokens::now_seconds(),
+                    MAILS_PER_HOUR,
+                )
                 .await
             {
                 Ok(Queued::Yes) => {

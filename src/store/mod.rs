@@ -241,24 +241,14 @@ impl MailKind {
     }
 }
 
-/// A one-time token to store (by its hash) and to mail (the token itself, held by the outbox
-/// until the mail is handed over), with its lifetime.
+/// A one-time token to store, by its hash, with its lifetime. The token itself is only in the
+/// mail that carries it.
+#[derive(Debug, Clone)]
 pub struct MailToken {
     pub kind: MailKind,
     pub hash: [u8; 32],
-    pub token: String,
     pub now: u64,
     pub expires_at: u64,
-}
-
-impl std::fmt::Debug for MailToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the token.
-        f.debug_struct("MailToken")
-            .field("kind", &self.kind)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Whom a mail is for.
@@ -281,31 +271,19 @@ pub enum Queued {
 }
 
 /// A mail the outbox holds, claimed for one delivery attempt.
+#[derive(Debug, Clone)]
 pub struct OutboxMail {
     pub id: i64,
+    pub user_id: i64,
     pub kind: MailKind,
     pub recipient: String,
-    pub token: String,
-    /// Attempts made before this one.
-    pub attempts: u32,
-}
-
-impl std::fmt::Debug for OutboxMail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxMail")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("attempts", &self.attempts)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The mails claimed for delivery, and how many queued ones were dropped instead because their
-/// link had died (expired, replaced by a newer one, or used).
-#[derive(Debug, Default)]
-pub struct Claimed {
-    pub mails: Vec<OutboxMail>,
-    pub dropped: u64,
+    /// This claim's number (1 for the first attempt): the later calls about this attempt name
+    /// it, so a worker whose claim was taken over changes nothing.
+    pub attempt: u32,
+    /// Unix seconds when it was queued.
+    pub created_at: i64,
+    /// Whether the user's email is verified by now (a queued verification mail is then moot).
+    pub email_verified: bool,
 }
 
 /// The database handle handlers use. Cheap to clone.
@@ -366,16 +344,16 @@ impl Store {
 
     /// Inserts a user; an email already present (in any case) is `EmailTaken`, also when two
     /// registrations race: the database's unique index decides.
-    /// `verification`: a verification token and its mail, queued in the same transaction.
+    /// `verification_at`: queue a verification mail in the same transaction, at that time.
     pub async fn create_user(
         &self,
         email: String,
         full_name: Option<String>,
         password_hash: String,
         role: Role,
-        verification: Option<MailToken>,
+        verification_at: Option<u64>,
     ) -> Result<User, StoreError> {
-        dispatch!(self.create_user(email, full_name, password_hash, role, verification))
+        dispatch!(self.create_user(email, full_name, password_hash, role, verification_at))
     }
 
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
@@ -458,17 +436,18 @@ impl Store {
 
     // Mail.
 
-    /// Stores a one-time token for the recipient (replacing the older one of its kind) and its
-    /// mail in the outbox, in one transaction, unless `hourly_limit` mails of that kind went to
-    /// the user within the last hour (then nothing changes). Whether a verification is still
-    /// needed is the caller's check.
+    /// Queues a mail of `kind` for the recipient and kills the user's live tokens of that kind
+    /// (older links stop working), in one transaction, unless `hourly_limit` mails of that kind
+    /// were queued for the user within the last hour (then nothing changes). Whether a
+    /// verification is still needed is the caller's check.
     pub async fn queue_mail(
         &self,
         to: Recipient,
-        token: MailToken,
+        kind: MailKind,
+        now: u64,
         hourly_limit: u32,
     ) -> Result<Queued, StoreError> {
-        dispatch!(self.queue_mail(to, token, hourly_limit))
+        dispatch!(self.queue_mail(to, kind, now, hourly_limit))
     }
 
     /// Uses a verification token: the email is verified and the user (as it is now) comes back;
@@ -498,32 +477,46 @@ impl Store {
         dispatch!(self.reset_password(hash, new_password_hash, now))
     }
 
-    /// Claims up to `limit` due mails for one delivery attempt each: they are not due again until
-    /// `now + lease` (a worker that dies mid-send leaves them to the next one). On PostgreSQL
-    /// rows another replica holds are skipped, so each mail is sent by one. Queued mails whose
-    /// link has died are dropped instead.
-    pub async fn claim_mail(
-        &self,
-        now: u64,
-        lease: u64,
-        limit: u32,
-    ) -> Result<Claimed, StoreError> {
-        dispatch!(self.claim_mail(now, lease, limit))
+    /// Claims the next due mail for one delivery attempt: it is not due again until
+    /// `now + lease` (a worker that dies mid-send leaves it to the next one). On PostgreSQL rows
+    /// another replica holds are skipped, so each mail is sent by one.
+    pub async fn claim_mail(&self, now: u64, lease: u64) -> Result<Option<OutboxMail>, StoreError> {
+        dispatch!(self.claim_mail(now, lease))
     }
 
-    /// The mail was handed to the SMTP server: its token leaves the outbox.
-    pub async fn mail_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
-        dispatch!(self.mail_sent(id, now))
+    /// Stores the token a claimed mail will carry, as the user's only live one of its kind, if
+    /// the claim is still this attempt's; `false` (nothing stored) otherwise.
+    pub async fn issue_mail_token(
+        &self,
+        mail: &OutboxMail,
+        token: MailToken,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.issue_mail_token(mail.id, mail.attempt, mail.user_id, token))
+    }
+
+    /// The mail was handed to the SMTP server.
+    pub async fn mail_sent(&self, mail: &OutboxMail, now: u64) -> Result<(), StoreError> {
+        dispatch!(self.mail_sent(mail.id, mail.attempt, now))
     }
 
     /// The attempt failed: the mail is due again at `retry_at`.
     pub async fn mail_failed(
         &self,
-        id: i64,
+        mail: &OutboxMail,
         retry_at: u64,
         error: String,
     ) -> Result<(), StoreError> {
-        dispatch!(self.mail_failed(id, retry_at, error))
+        dispatch!(self.mail_failed(mail.id, mail.attempt, retry_at, error))
+    }
+
+    /// The mail will not be sent (moot, too old, or refused for good by the SMTP server).
+    pub async fn mail_dropped(
+        &self,
+        mail: &OutboxMail,
+        now: u64,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.mail_dropped(mail.id, mail.attempt, now, reason))
     }
 
     /// Housekeeping: expired tokens, and outbox rows done for more than a day, go.

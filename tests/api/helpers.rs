@@ -319,6 +319,14 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// A client of this app's PostgreSQL database, to hold locks the way another replica would.
+    #[allow(dead_code)]
+    pub async fn postgres_client(&self) -> tokio_postgres::Client {
+        postgres(self.dir.path()).await
+    }
+}
+
 /// A client of the PostgreSQL database of `dir`.
 async fn postgres(dir: &Path) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&database_url(dir), tokio_postgres::NoTls)

@@ -228,3 +228,37 @@ fn a_server_rides_out_postgresql_restarting_under_it() {
         "the database password reached the log"
     );
 }
+
+#[tokio::test]
+async fn a_mail_another_replica_is_claiming_is_skipped_not_waited_for() {
+    let app = TestApp::new().await;
+    app.register("sky@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    app.register("sun@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    // Another replica's claim, caught in the middle: its transaction holds the first row.
+    let mut other = app.postgres_client().await;
+    let held = other.transaction().await.unwrap();
+    let locked: i64 = held
+        .query_one(
+            "SELECT id FROM mail_outbox ORDER BY id LIMIT 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let now = warp_auth_api::tokens::now_seconds();
+    let claim = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        app.state.store.claim_mail(now, 120),
+    )
+    .await
+    .expect("the claim does not wait for the held row")
+    .unwrap()
+    .expect("the other mail");
+    assert_ne!(claim.id, locked);
+    assert_eq!(claim.recipient, "sun@example.com");
+    held.rollback().await.unwrap();
+}

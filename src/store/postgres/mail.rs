@@ -1,42 +1,35 @@
 //! Mail on PostgreSQL: the one-time tokens of mailed links, and the outbox every replica's worker
 //! sends from. Queueing locks the user's row, so the hourly count and the insert it allows hold
-//! across replicas; workers claim due mails with `FOR UPDATE SKIP LOCKED` and a lease, so each
-//! mail is sent by one of them.
+//! across replicas; workers claim due mails one at a time with `FOR UPDATE SKIP LOCKED` and a
+//! lease, and every later write about an attempt names it (`attempts`), so each mail is sent by
+//! one of them. Writers of a user's tokens lock the user's row first, in every path.
 
 use tokio_postgres::Transaction;
 
 use super::{PostgresStore, to_i64, user_columns, user_from_row};
-use crate::store::{Claimed, MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
+use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
 const DONE_KEPT_SECONDS: i64 = 86_400;
 
-/// Stores `token` as the user's only live one of its kind and puts its mail in the outbox, inside
-/// the caller's transaction.
-pub(super) async fn store_token(
+/// Queues a mail of `kind` to the user and kills the user's live tokens of that kind, inside the
+/// caller's transaction.
+pub(super) async fn queue(
     tx: &Transaction<'_>,
     user_id: i64,
     email: &str,
-    token: &MailToken,
+    kind: MailKind,
+    now: i64,
 ) -> Result<(), StoreError> {
-    let kind = token.kind.as_str();
-    let now = to_i64(token.now);
-    let hash = &token.hash[..];
     tx.execute(
         "DELETE FROM mail_tokens WHERE user_id = $1 AND kind = $2",
-        &[&user_id, &kind],
+        &[&user_id, &kind.as_str()],
     )
     .await?;
     tx.execute(
-        "INSERT INTO mail_tokens (hash, user_id, kind, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&hash, &user_id, &kind, &now, &to_i64(token.expires_at)],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO mail_outbox (user_id, kind, recipient, token, token_hash, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        &[&user_id, &kind, &email, &token.token, &hash, &now],
+        "INSERT INTO mail_outbox (user_id, kind, recipient, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, $4, $4)",
+        &[&user_id, &kind.as_str(), &email, &now],
     )
     .await?;
     Ok(())
@@ -50,9 +43,11 @@ impl PostgresStore {
     pub async fn queue_mail(
         &self,
         to: Recipient,
-        token: MailToken,
+        kind: MailKind,
+        now: u64,
         hourly_limit: u32,
     ) -> Result<Queued, StoreError> {
+        let now = to_i64(now);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The row lock orders racing requests for one user on every replica.
@@ -77,12 +72,11 @@ impl PostgresStore {
         };
         let user_id: i64 = row.try_get(0)?;
         let email: String = row.try_get(1)?;
-        let now = to_i64(token.now);
         let counted = tx
             .query_one(
                 "SELECT count(*), min(created_at) FROM mail_outbox
                  WHERE user_id = $1 AND kind = $2 AND created_at > $3",
-                &[&user_id, &token.kind.as_str(), &(now - 3600)],
+                &[&user_id, &kind.as_str(), &(now - 3600)],
             )
             .await?;
         let sent: i64 = counted.try_get(0)?;
@@ -93,7 +87,7 @@ impl PostgresStore {
                 retry_after: u64::try_from(retry_after).unwrap_or(3600),
             });
         }
-        store_token(&tx, user_id, &email, &token).await?;
+        queue(&tx, user_id, &email, kind, now).await?;
         tx.commit().await?;
         Ok(Queued::Yes)
     }
@@ -164,70 +158,116 @@ impl PostgresStore {
         Ok(Some(user_id))
     }
 
-    pub async fn claim_mail(
-        &self,
-        now: u64,
-        lease: u64,
-        limit: u32,
-    ) -> Result<Claimed, StoreError> {
+    pub async fn claim_mail(&self, now: u64, lease: u64) -> Result<Option<OutboxMail>, StoreError> {
         let now = to_i64(now);
         let lease = to_i64(lease);
-        let limit = i64::from(limit);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let due = tx
-            .query(
-                "SELECT o.id, o.kind, o.recipient, o.token, o.attempts,
-                        EXISTS (SELECT 1 FROM mail_tokens t
-                                WHERE t.hash = o.token_hash AND t.expires_at > $1) AS alive
-                 FROM mail_outbox o
-                 WHERE o.status = 'queued' AND o.next_attempt_at <= $1
-                 ORDER BY o.next_attempt_at, o.id
-                 LIMIT $2
-                 FOR UPDATE OF o SKIP LOCKED",
-                &[&now, &limit],
+        let client = self.client().await?;
+        // One statement: the row another replica's claim holds is skipped, not waited for.
+        let row = client
+            .query_opt(
+                "UPDATE mail_outbox o SET next_attempt_at = $1 + $2, attempts = o.attempts + 1
+                 FROM (SELECT id FROM mail_outbox
+                       WHERE status = 'queued' AND next_attempt_at <= $1
+                       ORDER BY next_attempt_at, id LIMIT 1
+                       FOR UPDATE SKIP LOCKED) due
+                 WHERE o.id = due.id
+                 RETURNING o.id, o.user_id, o.kind, o.recipient, o.attempts, o.created_at,
+                           (SELECT u.email_verified_at IS NOT NULL FROM users u WHERE u.id = o.user_id)",
+                &[&now, &lease],
             )
             .await?;
-        let mut claimed = Claimed::default();
-        for row in due {
-            let id: i64 = row.try_get(0)?;
-            if !row.try_get::<_, bool>(5)? {
-                tx.execute(
-                    "UPDATE mail_outbox SET status = 'dropped', token = NULL, done_at = $1
-                     WHERE id = $2",
-                    &[&now, &id],
-                )
-                .await?;
-                claimed.dropped += 1;
-                continue;
-            }
-            tx.execute(
-                "UPDATE mail_outbox SET next_attempt_at = $1, attempts = attempts + 1 WHERE id = $2",
-                &[&(now + lease), &id],
-            )
-            .await?;
-            let attempts: i32 = row.try_get(4)?;
-            claimed.mails.push(OutboxMail {
-                id,
-                kind: kind_from_db(row.try_get(1)?)?,
-                recipient: row.try_get(2)?,
-                token: row.try_get::<_, Option<String>>(3)?.ok_or_else(|| {
-                    StoreError::Internal("a queued mail without its token".into())
-                })?,
-                attempts: u32::try_from(attempts).unwrap_or(0),
-            });
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        row.map(|row| {
+            let attempt: i32 = row.try_get(4)?;
+            Ok(OutboxMail {
+                id: row.try_get(0)?,
+                user_id: row.try_get(1)?,
+                kind: kind_from_db(row.try_get(2)?)?,
+                recipient: row.try_get(3)?,
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                created_at: row.try_get(5)?,
+                email_verified: row.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
+            })
+        })
+        .transpose()
     }
 
-    pub async fn mail_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
+    pub async fn issue_mail_token(
+        &self,
+        mail_id: i64,
+        attempt: u32,
+        user_id: i64,
+        token: MailToken,
+    ) -> Result<bool, StoreError> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+        let kind = token.kind.as_str();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The user's row first, as every writer of its tokens locks it.
+        let user = tx
+            .query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+            .await?;
+        let ours = tx
+            .query_opt(
+                "SELECT 1 FROM mail_outbox WHERE id = $1 AND attempts = $2 AND status = 'queued'
+                 FOR UPDATE",
+                &[&mail_id, &attempt],
+            )
+            .await?;
+        if user.is_none() || ours.is_none() {
+            return Ok(false);
+        }
+        tx.execute(
+            "DELETE FROM mail_tokens WHERE user_id = $1 AND kind = $2",
+            &[&user_id, &kind],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO mail_tokens (hash, user_id, kind, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &&token.hash[..],
+                &user_id,
+                &kind,
+                &to_i64(token.now),
+                &to_i64(token.expires_at),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn mail_sent(&self, id: i64, attempt: u32, now: u64) -> Result<(), StoreError> {
+        self.finish_mail(id, attempt, "sent", to_i64(now), None)
+            .await
+    }
+
+    pub async fn mail_dropped(
+        &self,
+        id: i64,
+        attempt: u32,
+        now: u64,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        self.finish_mail(id, attempt, "dropped", to_i64(now), Some(reason))
+            .await
+    }
+
+    async fn finish_mail(
+        &self,
+        id: i64,
+        attempt: u32,
+        status: &'static str,
+        now: i64,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE mail_outbox SET status = 'sent', token = NULL, done_at = $1, last_error = NULL
-                 WHERE id = $2",
-                &[&to_i64(now), &id],
+                "UPDATE mail_outbox SET status = $1, done_at = $2, last_error = $3
+                 WHERE id = $4 AND attempts = $5 AND status = 'queued'",
+                &[&status, &now, &error, &id, &attempt],
             )
             .await?;
         Ok(())
@@ -236,15 +276,17 @@ impl PostgresStore {
     pub async fn mail_failed(
         &self,
         id: i64,
+        attempt: u32,
         retry_at: u64,
         error: String,
     ) -> Result<(), StoreError> {
+        let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
         let client = self.client().await?;
         client
             .execute(
                 "UPDATE mail_outbox SET next_attempt_at = $1, last_error = $2
-                 WHERE id = $3 AND status = 'queued'",
-                &[&to_i64(retry_at), &error, &id],
+                 WHERE id = $3 AND attempts = $4 AND status = 'queued'",
+                &[&to_i64(retry_at), &error, &id, &attempt],
             )
             .await?;
         Ok(())
@@ -268,13 +310,27 @@ impl PostgresStore {
     }
 }
 
-/// Deletes a live token of `kind`, inside the caller's transaction; the user it was for.
+/// Deletes a live token of `kind`, inside the caller's transaction; the user it was for. The
+/// user's row is locked first, the order every writer of a user's tokens keeps (a password
+/// change, queueing a mail), so two of them cannot deadlock.
 async fn take_token(
     tx: &Transaction<'_>,
     hash: &[u8; 32],
     kind: MailKind,
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
+    let owner = tx
+        .query_opt(
+            "SELECT user_id FROM mail_tokens WHERE hash = $1 AND kind = $2",
+            &[&&hash[..], &kind.as_str()],
+        )
+        .await?;
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let user_id: i64 = owner.try_get(0)?;
+    tx.query_opt("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&user_id])
+        .await?;
     let row = tx
         .query_opt(
             "DELETE FROM mail_tokens WHERE hash = $1 AND kind = $2 AND expires_at > $3

@@ -4,12 +4,12 @@
 
 use tokio_postgres::Transaction;
 
-use super::mail::store_token;
+use super::mail;
 use super::{
     PostgresStore, is_unique_violation, lock_admins, role_from_db, to_i64, user_columns,
     user_from_row,
 };
-use crate::store::{Credentials, MailToken, Page, Role, StoreError, User};
+use crate::store::{Credentials, MailKind, Page, Role, StoreError, User};
 
 impl PostgresStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -26,7 +26,7 @@ impl PostgresStore {
         full_name: Option<String>,
         password_hash: String,
         role: Role,
-        verification: Option<MailToken>,
+        verification_at: Option<u64>,
     ) -> Result<User, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -47,8 +47,15 @@ impl PostgresStore {
                 }
             })?;
         let user = user_from_row(&row)?;
-        if let Some(token) = verification {
-            store_token(&tx, user.id, &user.email, &token).await?;
+        if let Some(now) = verification_at {
+            mail::queue(
+                &tx,
+                user.id,
+                &user.email,
+                MailKind::VerifyEmail,
+                to_i64(now),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(user)

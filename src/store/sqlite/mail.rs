@@ -1,51 +1,33 @@
 //! Mail on SQLite: the one-time tokens of mailed links, and the outbox the mail worker sends from.
 //!
 //! Every write runs on the single writer connection, in an IMMEDIATE transaction, so the hourly
-//! count and the insert it allows cannot interleave with another request's.
+//! count and the insert it allows cannot interleave with another request's, and two workers (two
+//! processes on one file) never claim one mail.
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStore, to_i64, user_from_row};
-use crate::store::{Claimed, MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
+use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
 const DONE_KEPT_SECONDS: i64 = 86_400;
 
-/// Stores `token` as the user's only live one of its kind and puts its mail in the outbox, inside
-/// the caller's transaction.
-pub(super) fn store_token(
+/// Queues a mail of `kind` to the user and kills the user's live tokens of that kind, inside the
+/// caller's transaction.
+pub(super) fn queue(
     tx: &rusqlite::Transaction<'_>,
     user_id: i64,
     email: &str,
-    token: &MailToken,
+    kind: MailKind,
+    now: i64,
 ) -> rusqlite::Result<()> {
-    let kind = token.kind.as_str();
-    let now = to_i64(token.now);
     tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = ?2")?
-        .execute(params![user_id, kind])?;
+        .execute(params![user_id, kind.as_str()])?;
     tx.prepare_cached(
-        "INSERT INTO mail_tokens (hash, user_id, kind, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO mail_outbox (user_id, kind, recipient, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
     )?
-    .execute(params![
-        &token.hash[..],
-        user_id,
-        kind,
-        now,
-        to_i64(token.expires_at)
-    ])?;
-    tx.prepare_cached(
-        "INSERT INTO mail_outbox (user_id, kind, recipient, token, token_hash, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-    )?
-    .execute(params![
-        user_id,
-        kind,
-        email,
-        token.token,
-        &token.hash[..],
-        now
-    ])?;
+    .execute(params![user_id, kind.as_str(), email, now])?;
     Ok(())
 }
 
@@ -63,9 +45,11 @@ impl SqliteStore {
     pub async fn queue_mail(
         &self,
         to: Recipient,
-        token: MailToken,
+        kind: MailKind,
+        now: u64,
         hourly_limit: u32,
     ) -> Result<Queued, StoreError> {
+        let now = to_i64(now);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let user: Option<(i64, String)> = match &to {
@@ -81,13 +65,12 @@ impl SqliteStore {
             let Some((user_id, email)) = user else {
                 return Ok(Queued::NoSuchUser);
             };
-            let now = to_i64(token.now);
             let (sent, oldest): (i64, Option<i64>) = tx
                 .prepare_cached(
                     "SELECT count(*), min(created_at) FROM mail_outbox
                      WHERE user_id = ?1 AND kind = ?2 AND created_at > ?3",
                 )?
-                .query_row(params![user_id, token.kind.as_str(), now - 3600], |r| {
+                .query_row(params![user_id, kind.as_str(), now - 3600], |r| {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
             if sent >= i64::from(hourly_limit) {
@@ -96,7 +79,7 @@ impl SqliteStore {
                     retry_after: u64::try_from(retry_after).unwrap_or(3600),
                 });
             }
-            store_token(&tx, user_id, &email, &token)?;
+            queue(&tx, user_id, &email, kind, now)?;
             tx.commit()?;
             Ok(Queued::Yes)
         })
@@ -167,59 +150,105 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn claim_mail(
-        &self,
-        now: u64,
-        lease: u64,
-        limit: u32,
-    ) -> Result<Claimed, StoreError> {
+    pub async fn claim_mail(&self, now: u64, lease: u64) -> Result<Option<OutboxMail>, StoreError> {
         let now = to_i64(now);
         let lease = to_i64(lease);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let dropped = tx
-                .prepare_cached(
-                    "UPDATE mail_outbox SET status = 'dropped', token = NULL, done_at = ?1
-                     WHERE status = 'queued' AND next_attempt_at <= ?1 AND NOT EXISTS (
-                         SELECT 1 FROM mail_tokens t
-                         WHERE t.hash = mail_outbox.token_hash AND t.expires_at > ?1)",
-                )?
-                .execute(params![now])?;
-            let mails = tx
+            let mail = tx
                 .prepare_cached(
                     "UPDATE mail_outbox SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
-                     WHERE id IN (SELECT id FROM mail_outbox
-                                  WHERE status = 'queued' AND next_attempt_at <= ?1
-                                  ORDER BY next_attempt_at, id LIMIT ?3)
-                     RETURNING id, kind, recipient, token, attempts - 1",
+                     WHERE id = (SELECT id FROM mail_outbox
+                                 WHERE status = 'queued' AND next_attempt_at <= ?1
+                                 ORDER BY next_attempt_at, id LIMIT 1)
+                     RETURNING id, user_id, kind, recipient, attempts, created_at,
+                               (SELECT email_verified_at IS NOT NULL FROM users WHERE id = user_id)",
                 )?
-                .query_map(params![now, lease, limit], |r| {
+                .query_row(params![now, lease], |r| {
                     Ok(OutboxMail {
                         id: r.get(0)?,
-                        kind: kind_from_db(&r.get::<_, String>(1)?)?,
-                        recipient: r.get(2)?,
-                        token: r.get(3)?,
-                        attempts: r.get(4)?,
+                        user_id: r.get(1)?,
+                        kind: kind_from_db(&r.get::<_, String>(2)?)?,
+                        recipient: r.get(3)?,
+                        attempt: r.get(4)?,
+                        created_at: r.get(5)?,
+                        email_verified: r.get::<_, Option<bool>>(6)?.unwrap_or(false),
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                })
+                .optional()?;
             tx.commit()?;
-            Ok(Claimed {
-                mails,
-                dropped: dropped as u64,
-            })
+            Ok(mail)
         })
         .await
     }
 
-    pub async fn mail_sent(&self, id: i64, now: u64) -> Result<(), StoreError> {
-        let now = to_i64(now);
+    pub async fn issue_mail_token(
+        &self,
+        mail_id: i64,
+        attempt: u32,
+        user_id: i64,
+        token: MailToken,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ours = tx
+                .prepare_cached(
+                    "SELECT 1 FROM mail_outbox WHERE id = ?1 AND attempts = ?2 AND status = 'queued'",
+                )?
+                .exists(params![mail_id, attempt])?;
+            if !ours {
+                return Ok(false);
+            }
+            let kind = token.kind.as_str();
+            tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = ?2")?
+                .execute(params![user_id, kind])?;
+            tx.prepare_cached(
+                "INSERT INTO mail_tokens (hash, user_id, kind, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                &token.hash[..],
+                user_id,
+                kind,
+                to_i64(token.now),
+                to_i64(token.expires_at)
+            ])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn mail_sent(&self, id: i64, attempt: u32, now: u64) -> Result<(), StoreError> {
+        self.finish_mail(id, attempt, "sent", to_i64(now), None)
+            .await
+    }
+
+    pub async fn mail_dropped(
+        &self,
+        id: i64,
+        attempt: u32,
+        now: u64,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        self.finish_mail(id, attempt, "dropped", to_i64(now), Some(reason))
+            .await
+    }
+
+    async fn finish_mail(
+        &self,
+        id: i64,
+        attempt: u32,
+        status: &'static str,
+        now: i64,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             c.prepare_cached(
-                "UPDATE mail_outbox SET status = 'sent', token = NULL, done_at = ?1, last_error = NULL
-                 WHERE id = ?2",
+                "UPDATE mail_outbox SET status = ?1, done_at = ?2, last_error = ?3
+                 WHERE id = ?4 AND attempts = ?5 AND status = 'queued'",
             )?
-            .execute(params![now, id])?;
+            .execute(params![status, now, error, id, attempt])?;
             Ok(())
         })
         .await
@@ -228,6 +257,7 @@ impl SqliteStore {
     pub async fn mail_failed(
         &self,
         id: i64,
+        attempt: u32,
         retry_at: u64,
         error: String,
     ) -> Result<(), StoreError> {
@@ -235,9 +265,9 @@ impl SqliteStore {
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE mail_outbox SET next_attempt_at = ?1, last_error = ?2
-                 WHERE id = ?3 AND status = 'queued'",
+                 WHERE id = ?3 AND attempts = ?4 AND status = 'queued'",
             )?
-            .execute(params![retry_at, error, id])?;
+            .execute(params![retry_at, error, id, attempt])?;
             Ok(())
         })
         .await

@@ -2,9 +2,9 @@
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
-use super::mail::store_token;
+use super::mail;
 use super::{SqliteStore, is_unique_violation, role_from_db, to_i64, user_columns, user_from_row};
-use crate::store::{Credentials, MailToken, Page, Role, StoreError, User};
+use crate::store::{Credentials, MailKind, Page, Role, StoreError, User};
 
 impl SqliteStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -23,7 +23,7 @@ impl SqliteStore {
         full_name: Option<String>,
         password_hash: String,
         role: Role,
-        verification: Option<MailToken>,
+        verification_at: Option<u64>,
     ) -> Result<User, StoreError> {
         self.write(move |c| {
             // An explicit transaction: its commit reports a failure (a full disk) that a
@@ -45,8 +45,8 @@ impl SqliteStore {
                         e.into()
                     }
                 })?;
-            if let Some(token) = verification {
-                store_token(&tx, user.id, &user.email, &token)?;
+            if let Some(now) = verification_at {
+                mail::queue(&tx, user.id, &user.email, MailKind::VerifyEmail, to_i64(now))?;
             }
             tx.commit()?;
             Ok(user)
