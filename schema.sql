@@ -11,8 +11,9 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT    NOT NULL,
     role          TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'admin')),
     created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
-, email_verified_at INTEGER);
--- email_verified_at (migration 3, in the form ALTER TABLE leaves): unix seconds; NULL until verified.
+, email_verified_at INTEGER, disabled_at INTEGER);
+-- Added by later migrations, in the form ALTER TABLE leaves: email_verified_at (3), unix seconds,
+-- NULL until verified; disabled_at (4), unix seconds, NULL while the account is enabled.
 
 -- One row per login. An access token is accepted only while its session row exists, so logout,
 -- password change, account deletion and refresh-token reuse all revoke by deleting rows.
@@ -26,8 +27,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     rotated_at     INTEGER,                        -- unix seconds of the last rotation
     created_at     INTEGER NOT NULL,               -- unix seconds
     expires_at     INTEGER NOT NULL                -- unix seconds
-);
+, last_used_at INTEGER, user_agent TEXT, ip TEXT);
+-- Added by migration 4: last_used_at (unix seconds of the login or the last refresh), user_agent
+-- (at most 256 characters) and ip (the client's address then).
 CREATE INDEX IF NOT EXISTS sessions_user_id ON sessions (user_id);
+CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at);
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
 
 -- Refresh tokens already exchanged: presenting one again (after the grace window) revokes the

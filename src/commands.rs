@@ -195,8 +195,9 @@ pub async fn keys_list(config: &Config) -> Result<Vec<String>, CommandError> {
             "{:<44} {:<6} {:<20} {:<20}",
             key.kid,
             key.algorithm,
-            rfc3339(key.created_at),
-            key.retired_at.map_or_else(|| "-".to_owned(), rfc3339)
+            crate::tokens::rfc3339(key.created_at),
+            key.retired_at
+                .map_or_else(|| "-".to_owned(), crate::tokens::rfc3339)
         ));
     }
     Ok(lines)
@@ -214,29 +215,15 @@ fn require_key_pairs(config: &Config) -> Result<(), CommandError> {
     )))
 }
 
-/// Unix seconds as RFC 3339 (UTC), without a date library: civil-from-days (H. Hinnant).
-fn rfc3339(seconds: i64) -> String {
-    let days = seconds.div_euclid(86_400);
-    let rest = seconds.rem_euclid(86_400);
-    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn rfc3339_of_unix_seconds() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(super::rfc3339(1_796_160_370), "2026-12-01T21:26:10Z");
+        assert_eq!(crate::tokens::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(crate::tokens::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            crate::tokens::rfc3339(1_796_160_370),
+            "2026-12-01T21:26:10Z"
+        );
     }
 }

@@ -46,6 +46,7 @@ struct RawConfig {
     jwt_audience: Option<String>,
     access_token_expire_minutes: Option<i64>,
     refresh_token_expire_days: Option<i64>,
+    refresh_token_cookie: Option<String>,
     database_url: Option<String>,
     database_max_connections: Option<i64>,
     host: Option<String>,
@@ -234,6 +235,8 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub access_token_minutes: u32,
     pub refresh_token_days: u32,
+    /// The refresh token travels only as an HttpOnly cookie (Sessions in the browser).
+    pub refresh_token_cookie: bool,
     pub database: DatabaseLocation,
     /// PostgreSQL's pool size per replica.
     pub database_max_connections: usize,
@@ -392,6 +395,7 @@ impl fmt::Debug for Config {
             .field("jwt_audience", &self.jwt_audience)
             .field("access_token_minutes", &self.access_token_minutes)
             .field("refresh_token_days", &self.refresh_token_days)
+            .field("refresh_token_cookie", &self.refresh_token_cookie)
             .field("database", &self.database)
             .field("database_max_connections", &self.database_max_connections)
             .field("host", &self.host)
@@ -654,6 +658,18 @@ impl Config {
             1_000_000,
         )?;
 
+        let refresh_token_cookie = boolean(
+            "REFRESH_TOKEN_COOKIE",
+            raw.refresh_token_cookie.as_deref(),
+            false,
+        )?;
+        if refresh_token_cookie && cors_origins.iter().any(|o| o == "*") {
+            return Err(bad(
+                "CORS_ORIGINS",
+                "must list the origins (not *) when REFRESH_TOKEN_COOKIE=true: browsers send the \
+                 refresh cookie only to origins named one by one",
+            ));
+        }
         let mail = mail_settings(
             &RawMail {
                 public_url: raw.public_url,
@@ -692,6 +708,7 @@ impl Config {
             jwt_audience,
             access_token_minutes,
             refresh_token_days,
+            refresh_token_cookie,
             database,
             database_max_connections,
             host,
@@ -962,6 +979,7 @@ mod tests {
             ("PASSWORD_RESET_EXPIRE_MINUTES", "0"),
             ("REQUIRE_EMAIL_VERIFICATION", "yes"),
             ("REGISTRATION", "invite"),
+            ("REFRESH_TOKEN_COOKIE", "1"),
             (
                 "JWT_SECRET",
                 "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",

@@ -151,6 +151,8 @@ pub const LAST_ADMIN: &str = "This is the last admin; promote another user first
 pub const BAD_LINK: &str = "This link is invalid or has expired; ask for a new one";
 /// What an unverified account's right password gets with `REQUIRE_EMAIL_VERIFICATION=true`.
 pub const VERIFY_FIRST: &str = "Verify your email address first";
+/// What a disabled account's right password gets.
+pub const ACCOUNT_DISABLED: &str = "This account is disabled";
 /// What `POST /register` gets with `REGISTRATION=closed`.
 pub const REGISTRATION_CLOSED: &str = "Registration is closed; ask an administrator for an account";
 /// What a member is told at an admin route.

@@ -47,6 +47,23 @@ pub fn client_addr() -> impl Filter<Extract = (Option<ClientAddr>,), Error = Inf
     warp::ext::optional::<ClientAddr>()
 }
 
+/// The client as a session records it: its raw `User-Agent` (never refused, whatever its bytes)
+/// and its address.
+pub fn session_client()
+-> impl Filter<Extract = (crate::sessions::Client,), Error = Infallible> + Clone {
+    warp::header::value("user-agent")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+        .and(client_addr())
+        .map(|agent: Option<HeaderValue>, addr: Option<ClientAddr>| {
+            crate::sessions::Client::new(
+                agent.as_ref().map(HeaderValue::as_bytes),
+                addr.map(|a| a.0),
+            )
+        })
+}
+
 /// The kinds of body a route accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
@@ -156,6 +173,29 @@ where
         let rules = rules.clone();
         async move { validation::parse_json::<T>(&body, &rules).map_err(Rejection::from) }
     })
+}
+
+/// Like [`json_body`], or `None` when the request has no body at all: no content type, and
+/// nothing sent (`/refresh` with the refresh cookie).
+pub fn optional_json_body<T>(
+    rules: &Arc<Rules>,
+) -> impl Filter<Extract = (Option<T>,), Error = Rejection> + Clone + use<T>
+where
+    T: DeserializeOwned + for<'a> ValidateArgs<'a, Args = &'a Rules> + Send + 'static,
+{
+    let empty = warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(
+            |kind: Option<String>, length: Option<u64>, chunked: Option<String>| async move {
+                if kind.is_none() && length.unwrap_or(0) == 0 && chunked.is_none() {
+                    Ok(None)
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            },
+        );
+    empty.or(json_body::<T>(rules).map(Some)).unify()
 }
 
 /// The `Authorization` header as far as authentication cares.

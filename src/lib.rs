@@ -49,6 +49,8 @@ pub struct State {
     pub rules: Arc<Rules>,
     pub throttle: Throttle,
     pub mailer: mail::Mailer,
+    /// `PUBLIC_URL`'s origin.
+    public_origin: String,
 }
 
 impl std::ops::Deref for AppState {
@@ -89,8 +91,12 @@ impl AppState {
     ) -> Result<Self, StartError> {
         let ring = keys::KeyRing::load(&config, &store).await?;
         let mailer = mail::Mailer::new(&config.mail)?;
+        let public_origin = url::Url::parse(&config.mail.public_url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         Ok(Self(Arc::new(State {
             mailer,
+            public_origin,
             tokens: TokenKeys::new(&config, Arc::new(ring)),
             rules: Arc::new(Rules {
                 password_min_length: config.password_min_length,
@@ -104,6 +110,12 @@ impl AppState {
 }
 
 impl AppState {
+    /// The service's own origin (`PUBLIC_URL`'s scheme, host and port), for the refresh cookie's
+    /// origin check.
+    pub fn public_origin(&self) -> &str {
+        &self.public_origin
+    }
+
     /// Housekeeping, every minute while the server runs: expired sessions, sealed successors past
     /// their grace window, idle throttle entries, expired mail tokens and old outbox rows go.
     pub async fn maintain(self) {
@@ -135,6 +147,8 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(routes::recovery::routes(&state))
         .unify()
+        .or(routes::sessions::routes(&state))
+        .unify()
         .or(routes::admin::routes(&state))
         .unify()
         .or(routes::keys::routes(&state))
@@ -145,7 +159,11 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .boxed();
     let api = routes.recover(error::recover).unify().boxed();
-    let api = with_cors(api, &state.config.cors_origins);
+    let api = with_cors(
+        api,
+        &state.config.cors_origins,
+        state.config.refresh_token_cookie,
+    );
     filters::request_context()
         .and(api)
         .map(finish)
@@ -158,7 +176,13 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
 /// warp's CORS filter (preflights answered, `Access-Control-*` headers added); any other request,
 /// a same-origin one included (browsers send `Origin` on same-origin POSTs), is served as if CORS
 /// were off, and the browser itself keeps other origins from reading the answer.
-fn with_cors(api: BoxedFilter<(Response,)>, origins: &[String]) -> BoxedFilter<(Response,)> {
+/// With the refresh cookie (`credentials`), listed origins may send it (`credentials:
+/// "include"`).
+fn with_cors(
+    api: BoxedFilter<(Response,)>,
+    origins: &[String],
+    credentials: bool,
+) -> BoxedFilter<(Response,)> {
     if origins.is_empty() {
         return api;
     }
@@ -178,7 +202,8 @@ fn with_cors(api: BoxedFilter<(Response,)>, origins: &[String]) -> BoxedFilter<(
             header::RETRY_AFTER,
             header::HeaderName::from_static("x-request-id"),
         ])
-        .max_age(600);
+        .max_age(600)
+        .allow_credentials(credentials);
     cors = if any {
         cors.allow_any_origin()
     } else {

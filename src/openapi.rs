@@ -13,7 +13,7 @@ use crate::error::{
     RequestTimeout, ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::keys::{JwkSet, PublicJwk};
-use crate::routes::{account, admin, docs, keys, ops, recovery, users};
+use crate::routes::{account, admin, docs, keys, ops, recovery, sessions, users};
 use crate::store::{Role, User};
 
 /// The document utoipa generates from the code, pretty-printed, with a final newline.
@@ -44,6 +44,9 @@ pub fn document() -> String {
         users::update_profile,
         users::delete_account,
         users::change_password,
+        sessions::list_sessions,
+        sessions::end_other_sessions,
+        sessions::end_session,
         recovery::verify_email,
         recovery::resend_verification,
         recovery::forgot_password,
@@ -51,8 +54,12 @@ pub fn document() -> String {
         account::verify_email_page,
         account::reset_password_page,
         admin::list_users,
-        admin::set_role,
+        admin::get_user,
+        admin::update_user,
         admin::delete_user,
+        admin::user_sessions,
+        admin::end_user_sessions,
+        admin::send_password_reset,
         keys::jwks,
         ops::health,
         ops::ready,

@@ -21,6 +21,35 @@ pub struct TokenPair {
     /// Seconds until the access token expires.
     pub expires_in: u64,
     pub refresh_token: String,
+    /// Seconds until the session ends (the refresh cookie's `Max-Age`).
+    pub session_remaining: u64,
+}
+
+/// The client as a session records it, at login and at each refresh.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// `User-Agent`, at most [`USER_AGENT_MAX`] characters.
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// The longest `User-Agent` a session keeps (longer ones are cut).
+pub const USER_AGENT_MAX: usize = 256;
+
+impl Client {
+    /// From the raw `User-Agent` header (any bytes: what is not UTF-8 is replaced, never refused)
+    /// and the client's address.
+    pub fn new(user_agent: Option<&[u8]>, ip: Option<std::net::IpAddr>) -> Self {
+        Self {
+            user_agent: user_agent.map(|raw| {
+                String::from_utf8_lossy(raw)
+                    .chars()
+                    .take(USER_AGENT_MAX)
+                    .collect()
+            }),
+            ip: ip.map(|ip| ip.to_string()),
+        }
+    }
 }
 
 /// Starts a session for the user, if `verified_hash` is still its password hash (else
@@ -31,10 +60,12 @@ pub async fn start(
     user_id: i64,
     role: Role,
     verified_hash: String,
+    client: Client,
 ) -> Result<TokenPair, ApiError> {
     let session_id = tokens::new_session_id();
     let refresh = OpaqueToken::generate();
     let now = tokens::now_seconds();
+    let expires_at = now + u64::from(state.config.refresh_token_days) * 86_400;
     state
         .store
         .create_session(NewSession {
@@ -43,16 +74,22 @@ pub async fn start(
             refresh_hash: &refresh.hash,
             password_hash: verified_hash,
             now,
-            expires_at: now + u64::from(state.config.refresh_token_days) * 86_400,
+            expires_at,
+            user_agent: client.user_agent,
+            ip: client.ip,
         })
         .await?;
-    pair(state, user_id, role, &session_id, refresh.token)
+    pair(state, user_id, role, &session_id, refresh.token, expires_at)
 }
 
 /// Exchanges a presented refresh token for a new pair of the same session. A spent token
 /// presented again revokes its session, except within [`REFRESH_GRACE_SECONDS`] of its use, when
 /// it gets the live pair again.
-pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiError> {
+pub async fn rotate(
+    state: &AppState,
+    presented: &str,
+    client: Client,
+) -> Result<TokenPair, ApiError> {
     let presented = OpaqueToken::parse(presented).ok_or(ApiError::InvalidToken)?;
     let successor = OpaqueToken::generate();
     let outcome = state
@@ -66,6 +103,8 @@ pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiE
             spent_order: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            user_agent: client.user_agent,
+            ip: client.ip,
         })
         .await?;
     match outcome {
@@ -73,17 +112,26 @@ pub async fn rotate(state: &AppState, presented: &str) -> Result<TokenPair, ApiE
             user_id,
             session_id,
             role,
-        } => pair(state, user_id, role, &session_id, successor.token),
+            expires_at,
+        } => pair(
+            state,
+            user_id,
+            role,
+            &session_id,
+            successor.token,
+            expires_at,
+        ),
         Refresh::Grace {
             user_id,
             session_id,
             role,
+            expires_at,
             sealed_successor,
         } => {
             let live = presented.unseal(&sealed_successor).ok_or_else(|| {
                 ApiError::Internal("a sealed refresh token of the wrong size".into())
             })?;
-            pair(state, user_id, role, &session_id, live.token)
+            pair(state, user_id, role, &session_id, live.token, expires_at)
         }
         Refresh::Reused {
             user_id,
@@ -114,10 +162,12 @@ fn pair(
     role: Role,
     session_id: &str,
     refresh_token: String,
+    session_expires_at: u64,
 ) -> Result<TokenPair, ApiError> {
     Ok(TokenPair {
         access_token: state.tokens.issue(user_id, session_id, role)?,
         expires_in: state.tokens.ttl_seconds(),
         refresh_token,
+        session_remaining: session_expires_at.saturating_sub(tokens::now_seconds()),
     })
 }

@@ -13,15 +13,21 @@ use crate::AppState;
 use crate::error::{ApiError, FieldError};
 use crate::error::{
     BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, RequestTimeout,
-    ServiceUnavailable, Unauthorized, UnsupportedMediaType,
+    ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
-use crate::filters::{Auth, allow, get, json_body, with_admin, with_db};
+use crate::filters::{Auth, allow, get, json_body, with_admin, with_db, with_state};
+use crate::mail::MAILS_PER_HOUR;
 use crate::routes::no_content;
-use crate::store::{Role, Store, User};
+use crate::routes::recovery::{Accepted, accepted};
+use crate::routes::sessions::{SessionOut, sessions_reply};
+use crate::store::{
+    MailKind, Queued, Recipient, Role, Store, StoreError, User, UserChange, UserQuery,
+};
+use crate::tokens::now_seconds;
 use crate::validation::Rules;
 
 pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
-    // GET /api/v1/admin/users?limit&offset
+    // GET /api/v1/admin/users?limit&offset|after_id&q
     let list = warp::path!("api" / "v1" / "admin" / "users").and(
         get()
             .and(with_admin(state))
@@ -32,25 +38,65 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             .unify(),
     );
 
-    // PATCH, DELETE /api/v1/admin/users/{id}
+    // GET, PATCH, DELETE /api/v1/admin/users/{id}
     let user = || warp::path!("api" / "v1" / "admin" / "users" / UserId);
+    let read = user()
+        .and(get())
+        .and(with_admin(state))
+        .and(with_db(&state.store))
+        .and_then(get_user);
     let patch = user()
         .and(warp::patch())
         .and(with_admin(state))
-        .and(json_body::<RoleIn>(&state.rules))
+        .and(json_body::<UserChangeIn>(&state.rules))
         .and(with_db(&state.store))
-        .and_then(set_role);
+        .and_then(update_user);
     let delete = user()
         .and(warp::delete())
         .and(with_admin(state))
         .and(with_db(&state.store))
         .and_then(delete_user);
     let other = user()
-        .and(allow("PATCH, DELETE"))
+        .and(allow("GET, HEAD, PATCH, DELETE"))
         .map(|_: UserId, refused: Response| refused);
-    let one = patch.or(delete).unify().or(other).unify();
+    let one = read.or(patch).unify().or(delete).unify().or(other).unify();
 
-    list.or(one).unify().boxed()
+    // GET, DELETE /api/v1/admin/users/{id}/sessions
+    let sessions = || warp::path!("api" / "v1" / "admin" / "users" / UserId / "sessions");
+    let list_sessions = sessions()
+        .and(get())
+        .and(with_admin(state))
+        .and(with_db(&state.store))
+        .and_then(user_sessions);
+    let end_sessions = sessions()
+        .and(warp::delete())
+        .and(with_admin(state))
+        .and(with_db(&state.store))
+        .and_then(end_user_sessions);
+    let other = sessions()
+        .and(allow("GET, HEAD, DELETE"))
+        .map(|_: UserId, refused: Response| refused);
+    let sessions = list_sessions.or(end_sessions).unify().or(other).unify();
+
+    // POST /api/v1/admin/users/{id}/password-reset
+    let reset = || warp::path!("api" / "v1" / "admin" / "users" / UserId / "password-reset");
+    let send_reset = reset()
+        .and(warp::post())
+        .and(with_admin(state))
+        .and(with_state(state))
+        .and_then(send_password_reset);
+    let other = reset()
+        .and(allow("POST"))
+        .map(|_: UserId, refused: Response| refused);
+    let reset = send_reset.or(other).unify();
+
+    list.or(one)
+        .unify()
+        .or(sessions)
+        .unify()
+        .or(reset)
+        .unify()
+        .boxed()
 }
 
 /// A user id in a path: digits only, so `/users/abc` (or `-1`, `+1`, `1e3`) is no route: 404.
@@ -68,20 +114,27 @@ impl FromStr for UserId {
     }
 }
 
-/// Paging of the user list.
+/// Paging and search of the user list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Users per page, 1 to 100.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100, default = 50)]
     limit: Option<String>,
-    /// Users to skip.
+    /// Users to skip (not with `after_id`).
     #[param(value_type = Option<i64>, minimum = 0, default = 0)]
     offset: Option<String>,
+    /// Keyset paging: only users whose id is greater (the last id of the previous page); the
+    /// same order as offset paging, at the same cost however deep.
+    #[param(value_type = Option<i64>, minimum = 0)]
+    after_id: Option<String>,
+    /// Only users whose email contains this text, ignoring case.
+    #[param(value_type = Option<String>, max_length = 254)]
+    q: Option<String>,
 }
 
-/// The query string as a validated (limit, offset); every bad parameter is named at once.
-fn page_query() -> impl Filter<Extract = ((i64, i64),), Error = Rejection> + Clone {
+/// The query string as a validated [`UserQuery`]; every bad parameter is named at once.
+fn page_query() -> impl Filter<Extract = (UserQuery,), Error = Rejection> + Clone {
     warp::query::raw()
         .or(warp::any().map(String::new))
         .unify()
@@ -105,8 +158,39 @@ fn page_query() -> impl Filter<Extract = ((i64, i64),), Error = Rejection> + Clo
                     0
                 }
             };
+            let after_id = match query.after_id.as_deref().map(str::parse::<i64>) {
+                None => None,
+                Some(Ok(n)) if n >= 0 => Some(n),
+                Some(_) => {
+                    errors.push(FieldError::new(
+                        "after_id",
+                        "must be an integer of 0 or more",
+                    ));
+                    None
+                }
+            };
+            if after_id.is_some() && query.offset.is_some() {
+                errors.push(FieldError::new(
+                    "offset",
+                    "cannot be combined with after_id: page by one or the other",
+                ));
+            }
+            let q = match query.q.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(q) if q.chars().count() > 254 => {
+                    errors.push(FieldError::new("q", "must be at most 254 characters"));
+                    None
+                }
+                // Emails are stored lower-cased (domains in their ASCII form).
+                Some(q) => Some(q.to_lowercase()),
+            };
             if errors.is_empty() {
-                Ok((limit, offset))
+                Ok(UserQuery {
+                    limit,
+                    offset,
+                    after_id,
+                    q,
+                })
             } else {
                 Err(Rejection::from(ApiError::Validation(errors)))
             }
@@ -117,7 +201,7 @@ fn page_query() -> impl Filter<Extract = ((i64, i64),), Error = Rejection> + Clo
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserPage {
     pub items: Vec<User>,
-    /// All users, on every page.
+    /// All the users the query matches, on every page.
     #[schema(example = 1)]
     pub total: i64,
     #[schema(example = 50)]
@@ -126,15 +210,21 @@ pub struct UserPage {
     pub offset: i64,
 }
 
-/// A role change.
+/// A change to a user: only the fields present change (`{}` changes nothing).
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[validate(context = Rules)]
 #[schema(example = json!({"role": "admin"}))]
-pub struct RoleIn {
-    role: Role,
+pub struct UserChangeIn {
+    /// A demotion applies to the user's live tokens at once.
+    #[serde(default)]
+    role: Option<Role>,
+    /// `true` ends every session of the user at once and refuses its logins (403).
+    #[serde(default)]
+    disabled: Option<bool>,
 }
 
-/// List users, ordered by id, a page at a time.
+/// List users, ordered by id, a page at a time (by `offset`, or after an id), optionally only
+/// those whose email contains `q`.
 #[utoipa::path(
     get,
     path = "/api/v1/admin/users",
@@ -152,10 +242,11 @@ pub struct RoleIn {
 )]
 pub(crate) async fn list_users(
     _admin: Auth,
-    (limit, offset): (i64, i64),
+    query: UserQuery,
     store: Store,
 ) -> Result<Response, Rejection> {
-    let page = store.list_users(limit, offset).await?;
+    let (limit, offset) = (query.limit, query.offset);
+    let page = store.list_users(query).await?;
     Ok(warp::reply::json(&UserPage {
         items: page.items,
         total: page.total,
@@ -165,15 +256,41 @@ pub(crate) async fn list_users(
     .into_response())
 }
 
-/// Set a user's role; it applies to that user's live tokens at once. The last admin cannot be
-/// demoted (409).
+/// One user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users/{id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn get_user(
+    id: UserId,
+    _admin: Auth,
+    store: Store,
+) -> Result<Response, Rejection> {
+    let user = store.user(id.0).await?.ok_or(StoreError::NotFound)?;
+    Ok(warp::reply::json(&user).into_response())
+}
+
+/// Change a user's role or disable it; a demotion applies to that user's live tokens at once, and
+/// disabling ends every session of it and refuses its logins (403). The last enabled admin
+/// cannot be demoted or disabled (409).
 #[utoipa::path(
     patch,
     path = "/api/v1/admin/users/{id}",
     tag = "admin",
     security(("bearer" = [])),
     params(("id" = i64, Path, description = "The user's id", minimum = 1)),
-    request_body = RoleIn,
+    request_body = UserChangeIn,
     responses(
         (status = 200, description = "The user as it is now", body = User),
         (status = 400, response = BadRequest),
@@ -188,18 +305,23 @@ pub(crate) async fn list_users(
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn set_role(
+pub(crate) async fn update_user(
     id: UserId,
     admin: Auth,
-    body: RoleIn,
+    body: UserChangeIn,
     store: Store,
 ) -> Result<Response, Rejection> {
-    let user = store.set_role(admin.user.id, id.0, body.role).await?;
+    let change = UserChange {
+        role: body.role,
+        disabled: body.disabled,
+    };
+    let user = store.update_user(admin.user.id, id.0, change).await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = user.id,
         role = user.role.as_str(),
-        "role changed"
+        disabled = user.disabled,
+        "user changed by an admin"
     );
     Ok(warp::reply::json(&user).into_response())
 }
@@ -233,4 +355,110 @@ pub(crate) async fn delete_user(
         "user deleted by an admin"
     );
     Ok(no_content())
+}
+
+/// A user's live sessions, newest first (`current` is always false here).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/users/{id}/sessions",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 200, description = "The user's sessions, newest first", body = [SessionOut]),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn user_sessions(
+    id: UserId,
+    _admin: Auth,
+    store: Store,
+) -> Result<Response, Rejection> {
+    store.user(id.0).await?.ok_or(StoreError::NotFound)?;
+    let sessions = store.sessions_of(id.0, now_seconds()).await?;
+    Ok(sessions_reply(sessions, None))
+}
+
+/// End every session of a user (a forced logout): its tokens stop working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/users/{id}/sessions",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 204, description = "Every session of the user has ended"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn end_user_sessions(
+    id: UserId,
+    admin: Auth,
+    store: Store,
+) -> Result<Response, Rejection> {
+    store.user(id.0).await?.ok_or(StoreError::NotFound)?;
+    let ended = store.end_sessions(id.0, None).await?;
+    tracing::info!(
+        admin_id = admin.user.id,
+        user_id = id.0,
+        sessions = ended,
+        "sessions ended by an admin"
+    );
+    Ok(no_content())
+}
+
+/// Send a user the password reset mail (as `POST /password/forgot` would).
+///
+/// At most 3 reset mails an hour go to one user, whoever asks (429 after that).
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/users/{id}/password-reset",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 202, description = "A reset mail is queued", body = Accepted),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 429, response = TooManyRequests),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn send_password_reset(
+    id: UserId,
+    admin: Auth,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    match state
+        .store
+        .queue_mail(
+            Recipient::User(id.0),
+            MailKind::ResetPassword,
+            now_seconds(),
+            MAILS_PER_HOUR,
+        )
+        .await?
+    {
+        Queued::Yes => {
+            state.mailer.queued();
+            tracing::info!(
+                admin_id = admin.user.id,
+                user_id = id.0,
+                "password reset mail queued by an admin"
+            );
+            Ok(accepted("A password reset mail is on its way to the user"))
+        }
+        Queued::Limited { retry_after } => Err(ApiError::TooManyMails { retry_after }.into()),
+        Queued::NoSuchUser => Err(StoreError::NotFound.into()),
+    }
 }

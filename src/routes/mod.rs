@@ -6,6 +6,7 @@ pub mod docs;
 pub mod keys;
 pub mod ops;
 pub mod recovery;
+pub mod sessions;
 pub mod users;
 
 use warp::Reply;

@@ -140,7 +140,7 @@ const FORGOT_ACCEPTED: &str =
 const VERIFICATION_ACCEPTED: &str =
     "A new verification link is on its way; earlier links no longer work";
 
-fn accepted(detail: &'static str) -> Response {
+pub(crate) fn accepted(detail: &'static str) -> Response {
     warp::reply::with_status(
         warp::reply::json(&Accepted { detail }),
         StatusCode::ACCEPTED,

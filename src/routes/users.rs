@@ -12,16 +12,18 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
-use crate::error::{ApiError, REGISTRATION_CLOSED, VERIFY_FIRST};
+use crate::error::FieldError;
+use crate::error::{ACCOUNT_DISABLED, ApiError, REGISTRATION_CLOSED, VERIFY_FIRST};
 use crate::error::{
     BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::filters::{
-    Auth, BodyKind, ClientAddr, allow, body_of, client_addr, get, json_body, with_auth, with_state,
+    Auth, BodyKind, allow, body_of, get, json_body, optional_json_body, session_client, with_auth,
+    with_state,
 };
 use crate::routes::no_content;
-use crate::sessions::{self, TokenPair};
+use crate::sessions::{self, Client, TokenPair};
 use crate::store::{Role, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
 
@@ -43,7 +45,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let login = warp::path!("login").and(
         warp::post()
             .and(login_body(state))
-            .and(client_addr())
+            .and(session_client())
             .and(with_state(state))
             .and_then(login)
             .or(allow("POST"))
@@ -53,7 +55,10 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     // POST /api/v1/users/refresh
     let refresh = warp::path!("refresh").and(
         warp::post()
-            .and(json_body::<RefreshIn>(&state.rules))
+            .and(optional_json_body::<RefreshIn>(&state.rules))
+            .and(warp::cookie::optional::<String>(REFRESH_COOKIE))
+            .and(warp::header::optional::<String>("origin"))
+            .and(session_client())
             .and(with_state(state))
             .and_then(refresh)
             .or(allow("POST"))
@@ -201,6 +206,7 @@ pub struct PasswordChangeIn {
 
 /// A token pair. Sent with `Cache-Control: no-store`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"access_token": "eyJ0eXAiOiJhdCtqd3QiLCJhbGciOiJIUzI1NiJ9…", "token_type": "bearer", "expires_in": 3600, "refresh_token": "3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}))]
 pub struct Token {
     /// A JWT to send as `Authorization: Bearer …`.
     pub access_token: String,
@@ -210,8 +216,11 @@ pub struct Token {
     /// Seconds until the access token expires.
     #[schema(example = 3600)]
     pub expires_in: u64,
-    /// An opaque token for `POST /api/v1/users/refresh`; each use spends it.
-    pub refresh_token: String,
+    /// An opaque token for `POST /api/v1/users/refresh`; each use spends it. Absent with
+    /// `REFRESH_TOKEN_COOKIE=true`: it is then in the `refresh_token` cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub refresh_token: Option<String>,
 }
 
 /// Bodies that carry a secret show only its absence in `Debug`: one `?body` in a log call must
@@ -401,26 +410,29 @@ pub(crate) fn me(auth: Auth) -> Response {
 )]
 pub(crate) async fn login(
     body: LoginIn,
-    client: Option<ClientAddr>,
+    client: Client,
     state: AppState,
 ) -> Result<Response, Rejection> {
-    let address = client.map(|c| c.0);
     // The attempt runs to its end in a task of its own, whatever the client does: a client that
     // hangs up while a wrong password's answer is padded must not spare that guess from the
     // throttle (dropping this handler's future does not stop the task).
-    let attempt = tokio::spawn(attempt_login(state, body, address).in_current_span());
-    let token = attempt
+    let attempt = tokio::spawn(attempt_login(state.clone(), body, client).in_current_span());
+    let pair = attempt
         .await
         .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;
-    Ok(token_response(&token))
+    Ok(token_response(&state, pair))
 }
 
 /// One login attempt, from the throttle to the new session; each outcome is logged.
 async fn attempt_login(
     state: AppState,
     body: LoginIn,
-    address: Option<IpAddr>,
-) -> Result<Token, ApiError> {
+    client: Client,
+) -> Result<TokenPair, ApiError> {
+    let address = client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
     // A throttled account or address gets 429 even with the right password.
     let attempt = state
         .throttle
@@ -450,6 +462,14 @@ async fn attempt_login(
         }
     };
     attempt.succeeded().await;
+    if credentials.disabled {
+        tracing::warn!(
+            outcome = "disabled",
+            user_id = credentials.user_id,
+            "login refused: the account is disabled"
+        );
+        return Err(ApiError::Forbidden(ACCOUNT_DISABLED));
+    }
     if state.config.require_email_verification && !credentials.email_verified {
         tracing::warn!(
             outcome = "unverified",
@@ -486,19 +506,25 @@ async fn attempt_login(
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
     // wins, and this login gets 401 rather than a session that outlives it.
-    let pair = sessions::start(&state, credentials.user_id, credentials.role, verified_hash)
-        .await
-        .inspect_err(|e| {
-            if matches!(e, ApiError::InvalidCredentials) {
-                tracing::warn!(
-                    outcome = "invalid",
-                    user_id = credentials.user_id,
-                    "login failed: the password changed while it was checked"
-                );
-            }
-        })?;
+    let pair = sessions::start(
+        &state,
+        credentials.user_id,
+        credentials.role,
+        verified_hash,
+        client,
+    )
+    .await
+    .inspect_err(|e| {
+        if matches!(e, ApiError::InvalidCredentials) {
+            tracing::warn!(
+                outcome = "invalid",
+                user_id = credentials.user_id,
+                "login failed: the password changed while it was checked"
+            );
+        }
+    })?;
     tracing::info!(outcome = "success", user_id = credentials.user_id, "login");
-    Ok(pair.into())
+    Ok(pair)
 }
 
 /// Exchange a refresh token for a new pair of the same session.
@@ -521,9 +547,39 @@ async fn attempt_login(
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn refresh(body: RefreshIn, state: AppState) -> Result<Response, Rejection> {
-    let pair = sessions::rotate(&state, &body.refresh_token).await?;
-    Ok(token_response(&pair.into()))
+pub(crate) async fn refresh(
+    body: Option<RefreshIn>,
+    cookie: Option<String>,
+    origin: Option<String>,
+    client: Client,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    let presented = match body {
+        Some(body) => body.refresh_token,
+        None if state.config.refresh_token_cookie => {
+            // The cookie goes with any request the browser makes to this path, so it is taken
+            // only from the service's own pages and the listed origins (no cross-site refresh).
+            let allowed = origin.as_deref().is_some_and(|o| {
+                o == state.public_origin() || state.config.cors_origins.iter().any(|c| c == o)
+            });
+            if !allowed {
+                return Err(ApiError::Forbidden(
+                    "The refresh cookie is taken only from this service's own origin or one in CORS_ORIGINS",
+                )
+                .into());
+            }
+            cookie.ok_or(ApiError::InvalidToken)?
+        }
+        None => {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "refresh_token",
+                "is required",
+            )])
+            .into());
+        }
+    };
+    let pair = sessions::rotate(&state, &presented, client).await?;
+    Ok(token_response(&state, pair))
 }
 
 /// End this session: its access and refresh tokens stop working at once.
@@ -542,7 +598,13 @@ pub(crate) async fn refresh(body: RefreshIn, state: AppState) -> Result<Response
 pub(crate) async fn logout(auth: Auth, state: AppState) -> Result<Response, Rejection> {
     state.store.delete_session(auth.session_id).await?;
     tracing::info!(user_id = auth.user.id, "logout");
-    Ok(no_content())
+    let mut response = no_content();
+    if state.config.refresh_token_cookie {
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, refresh_cookie("", 0));
+    }
+    Ok(response)
 }
 
 /// Change the caller's profile; only the fields sent change (`{}` changes nothing).
@@ -665,22 +727,37 @@ pub(crate) async fn change_password(
     Ok(no_content())
 }
 
-impl From<TokenPair> for Token {
-    fn from(pair: TokenPair) -> Self {
-        Token {
-            access_token: pair.access_token,
-            token_type: "bearer".into(),
-            expires_in: pair.expires_in,
-            refresh_token: pair.refresh_token,
-        }
-    }
+/// The refresh cookie's name (Sessions in the browser).
+pub const REFRESH_COOKIE: &str = "refresh_token";
+
+/// The refresh cookie: readable by no script, sent only over HTTPS (browsers treat localhost as
+/// such), to this site, and only to the users paths.
+fn refresh_cookie(token: &str, max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{REFRESH_COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/api/v1/users; Max-Age={max_age}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("refresh_token=; Max-Age=0"))
 }
 
-/// A token response must not be cached by the browser or any proxy.
-fn token_response(token: &Token) -> Response {
-    let mut response = warp::reply::json(token).into_response();
+/// A new pair as the response: the refresh token in the body, or (cookie mode) in the cookie
+/// only. Never cached by the browser or any proxy.
+pub(crate) fn token_response(state: &AppState, pair: TokenPair) -> Response {
+    let cookie = state.config.refresh_token_cookie;
+    let body = Token {
+        access_token: pair.access_token,
+        token_type: "bearer".into(),
+        expires_in: pair.expires_in,
+        refresh_token: (!cookie).then(|| pair.refresh_token.clone()),
+    };
+    let mut response = warp::reply::json(&body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if cookie {
+        headers.insert(
+            header::SET_COOKIE,
+            refresh_cookie(&pair.refresh_token, pair.session_remaining),
+        );
+    }
     response
 }

@@ -76,7 +76,7 @@ impl Role {
 
 /// A user as the API shows it (never with its password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z", "email_verified": false}))]
+#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z", "email_verified": false, "disabled": false}))]
 pub struct User {
     #[schema(example = 1)]
     pub id: i64,
@@ -92,6 +92,9 @@ pub struct User {
     /// Whether the owner of the email proved it (the mailed link, or a password reset).
     #[schema(example = false)]
     pub email_verified: bool,
+    /// A disabled account cannot log in, and has no sessions.
+    #[schema(example = false)]
+    pub disabled: bool,
 }
 
 /// What login needs to check a password (and the role its token will carry).
@@ -101,6 +104,7 @@ pub struct Credentials {
     pub password_hash: String,
     pub role: Role,
     pub email_verified: bool,
+    pub disabled: bool,
 }
 
 /// A new session: its id, its user, the hash of its first refresh token and its end.
@@ -114,6 +118,38 @@ pub struct NewSession<'a> {
     pub password_hash: String,
     pub now: u64,
     pub expires_at: u64,
+    /// The client's `User-Agent` (at most 256 characters) and address.
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// A session as its user (or an admin) sees it. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub created_at: i64,
+    /// The login or the last refresh.
+    pub last_used_at: i64,
+    pub expires_at: i64,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Which users a list shows: a page by offset or after an id, optionally those whose email
+/// contains `q` (lower-cased).
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    pub limit: i64,
+    pub offset: i64,
+    pub after_id: Option<i64>,
+    pub q: Option<String>,
+}
+
+/// An admin's change to a user: only the fields present change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UserChange {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
 }
 
 /// Why the database could not be opened at start: what was being done, and the cause.
@@ -141,12 +177,15 @@ pub enum Refresh {
         user_id: i64,
         session_id: String,
         role: Role,
+        /// The session's end (unix seconds), which refreshing never moves.
+        expires_at: u64,
     },
     /// The token spent last, again within the grace window: the live token, sealed under it.
     Grace {
         user_id: i64,
         session_id: String,
         role: Role,
+        expires_at: u64,
         sealed_successor: Vec<u8>,
     },
     /// A spent token outside the grace window: its session has been revoked.
@@ -167,9 +206,12 @@ pub struct Rotation {
     /// nanoseconds, so that rotations within one second keep their order and the trail keeps
     /// exactly the most recent ones (rows of version 1 hold seconds, and so come first).
     pub spent_order: i64,
+    /// The client's `User-Agent` and address, recorded on the session.
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
 }
 
-/// One page of users, ordered by id.
+/// One page of users, ordered by id, and how many users the query matches in all.
 #[derive(Debug)]
 pub struct Page {
     pub items: Vec<User>,
@@ -395,25 +437,31 @@ impl Store {
         dispatch!(self.set_full_name(user_id, full_name))
     }
 
-    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, StoreError> {
-        dispatch!(self.list_users(limit, offset))
+    /// A page of users, ordered by id (see [`UserQuery`]).
+    pub async fn list_users(&self, query: UserQuery) -> Result<Page, StoreError> {
+        dispatch!(self.list_users(query))
+    }
+
+    pub async fn user(&self, user_id: i64) -> Result<Option<User>, StoreError> {
+        dispatch!(self.user(user_id))
     }
 
     pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, StoreError> {
         dispatch!(self.find_user_by_email(email))
     }
 
-    /// Sets a user's role, as the admin `actor_id`, whose own role is read in the transaction
-    /// that writes (`NotAdmin` if it was demoted meanwhile). Demoting the last admin is
-    /// `LastAdmin`, decided in that transaction too, so two admins demoting each other at once
-    /// cannot leave none.
-    pub async fn set_role(
+    /// Changes a user's role and whether it is disabled, as the admin `actor_id`, whose own role
+    /// is read in the transaction that writes (`NotAdmin` if it was demoted meanwhile).
+    /// Demoting or disabling the last enabled admin is `LastAdmin`, decided in that transaction
+    /// too, so two admins acting on each other at once cannot leave none. Disabling ends every
+    /// session of the user in the same transaction.
+    pub async fn update_user(
         &self,
         actor_id: i64,
         user_id: i64,
-        role: Role,
+        change: UserChange,
     ) -> Result<User, StoreError> {
-        dispatch!(self.set_role(actor_id, user_id, role))
+        dispatch!(self.update_user(actor_id, user_id, change))
     }
 
     /// Makes a user an admin (the `create-admin` command: the operator needs no role).
@@ -573,6 +621,29 @@ impl Store {
     /// Ends one session (logout): its access and refresh tokens stop working at once.
     pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
         dispatch!(self.delete_session(session_id))
+    }
+
+    /// The user's live sessions, newest first.
+    pub async fn sessions_of(
+        &self,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        dispatch!(self.sessions_of(user_id, now))
+    }
+
+    /// Ends one session of the user; `false` when the user has no session of this id.
+    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
+        dispatch!(self.end_session(user_id, session_id))
+    }
+
+    /// Ends every session of the user but `keep`; how many ended.
+    pub async fn end_sessions(
+        &self,
+        user_id: i64,
+        keep: Option<String>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.end_sessions(user_id, keep))
     }
 
     /// Housekeeping: deletes sessions past their end and forgets sealed successors whose grace

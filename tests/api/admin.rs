@@ -248,6 +248,7 @@ async fn unknown_or_non_numeric_ids_are_404_and_bad_bodies_400() {
     let admin = app.admin_token("admin@example.com").await;
     for id in ["999", "abc", "-1", "+1", "1e3", "99999999999999999999999"] {
         let path = format!("/api/v1/admin/users/{id}");
+        app.admin("GET", &path, &admin, None).await.problem(404);
         app.admin("PATCH", &path, &admin, Some(json!({"role": "admin"})))
             .await
             .problem(404);
@@ -255,14 +256,22 @@ async fn unknown_or_non_numeric_ids_are_404_and_bad_bodies_400() {
     }
     let id = app.id_of("admin@example.com").await;
     let path = format!("/api/v1/admin/users/{id}");
-    for body in [json!({"role": "superuser"}), json!({}), json!({"role": 1})] {
+    for (body, field) in [
+        (json!({"role": "superuser"}), "role"),
+        (json!({"role": 1}), "role"),
+        (json!({"disabled": "yes"}), "disabled"),
+    ] {
         let r = app.admin("PATCH", &path, &admin, Some(body)).await;
         r.problem(400);
-        assert_eq!(r.error_fields(), ["role"]);
+        assert_eq!(r.error_fields(), [field]);
     }
-    let r = app.admin("GET", &path, &admin, None).await;
+    // `{}` changes nothing.
+    let same = app.admin("PATCH", &path, &admin, Some(json!({}))).await;
+    same.assert_status(200);
+    assert_eq!(same.json()["role"], "admin");
+    let r = app.admin("POST", &path, &admin, None).await;
     r.problem(405);
-    assert_eq!(r.header("allow"), Some("PATCH, DELETE"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PATCH, DELETE"));
     let r = app.admin("POST", "/api/v1/admin/users", &admin, None).await;
     r.problem(405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));

@@ -33,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0001_initial.sql"),
     include_str!("../../../migrations/postgres/0002_signing_keys.sql"),
     include_str!("../../../migrations/postgres/0003_mail.sql"),
+    include_str!("../../../migrations/postgres/0004_sessions_and_accounts.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -272,7 +273,7 @@ macro_rules! user_columns {
     () => {
         "u.id, u.email, u.full_name, u.role, \
          to_char(u.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-         u.email_verified_at IS NOT NULL"
+         u.email_verified_at IS NOT NULL, u.disabled_at IS NOT NULL"
     };
 }
 pub(super) use user_columns;
@@ -285,6 +286,7 @@ pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
         role: role_from_db(row.try_get(3)?)?,
         created_at: row.try_get(4)?,
         email_verified: row.try_get(5)?,
+        disabled: row.try_get(6)?,
     })
 }
 

@@ -3,7 +3,7 @@
 //! writer orders by itself.
 
 use super::{PostgresStore, role_from_db, to_i64, user_columns, user_from_row};
-use crate::store::{NewSession, Refresh, Rotation, StoreError, User};
+use crate::store::{NewSession, Refresh, Rotation, SessionInfo, StoreError, User};
 
 /// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
 const SPENT_KEPT: i64 = 64;
@@ -16,8 +16,9 @@ impl PostgresStore {
         // then deletes the new session with the others.
         let stmt = client
             .prepare_cached(
-                "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
-                 SELECT $1, id, $3, $4, $5 FROM users WHERE id = $2 AND password_hash = $6
+                "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
+                 SELECT $1, id, $3, $4, $5, $4, $7, $8 FROM users
+                 WHERE id = $2 AND password_hash = $6 AND disabled_at IS NULL
                  FOR SHARE",
             )
             .await?;
@@ -31,11 +32,13 @@ impl PostgresStore {
                     &to_i64(s.now),
                     &to_i64(s.expires_at),
                     &s.password_hash,
+                    &s.user_agent,
+                    &s.ip,
                 ],
             )
             .await?;
         if inserted == 0 {
-            // The user was deleted, or its password changed, since the check.
+            // The user was deleted or disabled, or its password changed, since the check.
             return Err(StoreError::PasswordChanged);
         }
         Ok(())
@@ -53,7 +56,7 @@ impl PostgresStore {
                 "SELECT ",
                 user_columns!(),
                 " FROM sessions s JOIN users u ON u.id = s.user_id
-                  WHERE s.id = $1 AND s.user_id = $2 AND s.expires_at > $3"
+                  WHERE s.id = $1 AND s.user_id = $2 AND s.expires_at > $3 AND u.disabled_at IS NULL"
             ))
             .await?;
         let row = client
@@ -71,7 +74,7 @@ impl PostgresStore {
         // finds the token spent and takes the grace path below; it never starts a second chain.
         let live = tx
             .query_opt(
-                "SELECT s.id, s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+                "SELECT s.id, s.user_id, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.refresh_hash = $1 AND s.expires_at > $2
                  FOR UPDATE OF s",
                 &[&presented, &now],
@@ -81,10 +84,20 @@ impl PostgresStore {
             let session_id: String = row.try_get(0)?;
             let user_id: i64 = row.try_get(1)?;
             let role = role_from_db(row.try_get(2)?)?;
+            let expires_at: i64 = row.try_get(3)?;
             tx.execute(
-                "UPDATE sessions SET refresh_hash = $1, prev_hash = $2, prev_successor = $3, rotated_at = $4
+                "UPDATE sessions SET refresh_hash = $1, prev_hash = $2, prev_successor = $3, rotated_at = $4,
+                                     last_used_at = $4, user_agent = $6, ip = $7
                  WHERE id = $5",
-                &[&&r.successor[..], &presented, &&r.sealed_successor[..], &now, &session_id],
+                &[
+                    &&r.successor[..],
+                    &presented,
+                    &&r.sealed_successor[..],
+                    &now,
+                    &session_id,
+                    &r.user_agent,
+                    &r.ip,
+                ],
             )
             .await?;
             tx.execute(
@@ -105,6 +118,7 @@ impl PostgresStore {
                 user_id,
                 session_id,
                 role,
+                expires_at: u64::try_from(expires_at).unwrap_or(0),
             });
         }
 
@@ -131,6 +145,7 @@ impl PostgresStore {
                             user_id,
                             session_id,
                             role,
+                            expires_at: u64::try_from(expires_at).unwrap_or(0),
                             sealed_successor,
                         });
                     }
@@ -168,6 +183,61 @@ impl PostgresStore {
             .await?;
         client.execute(&stmt, &[&session_id]).await?;
         Ok(())
+    }
+
+    pub async fn sessions_of(
+        &self,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, created_at, coalesce(last_used_at, rotated_at, created_at), expires_at, user_agent, ip
+                 FROM sessions WHERE user_id = $1 AND expires_at > $2
+                 ORDER BY created_at DESC, id",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&user_id, &to_i64(now)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SessionInfo {
+                    id: r.try_get(0)?,
+                    created_at: r.try_get(1)?,
+                    last_used_at: r.try_get(2)?,
+                    expires_at: r.try_get(3)?,
+                    user_agent: r.try_get(4)?,
+                    ip: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let ended = client
+            .execute(
+                "DELETE FROM sessions WHERE id = $1 AND user_id = $2",
+                &[&session_id, &user_id],
+            )
+            .await?;
+        Ok(ended == 1)
+    }
+
+    pub async fn end_sessions(
+        &self,
+        user_id: i64,
+        keep: Option<String>,
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "DELETE FROM sessions WHERE user_id = $1 AND ($2::text IS NULL OR id <> $2)",
+                &[&user_id, &keep],
+            )
+            .await?)
     }
 
     pub async fn purge_expired_sessions(

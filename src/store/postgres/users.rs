@@ -9,7 +9,7 @@ use super::{
     PostgresStore, is_unique_violation, lock_admins, role_from_db, to_i64, user_columns,
     user_from_row,
 };
-use crate::store::{Credentials, MailKind, Page, Role, StoreError, User};
+use crate::store::{Credentials, MailKind, Page, Role, StoreError, User, UserChange, UserQuery};
 
 impl PostgresStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -64,7 +64,8 @@ impl PostgresStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL FROM users WHERE lower(email) = $1")
+            .prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL
+                 FROM users WHERE lower(email) = $1")
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
         row.map(|row| {
@@ -73,6 +74,7 @@ impl PostgresStore {
                 password_hash: row.try_get(1)?,
                 role: role_from_db(row.try_get(2)?)?,
                 email_verified: row.try_get(3)?,
+                disabled: row.try_get(4)?,
             })
         })
         .transpose()
@@ -149,7 +151,7 @@ impl PostgresStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, StoreError> {
+    pub async fn list_users(&self, query: UserQuery) -> Result<Page, StoreError> {
         let mut client = self.client().await?;
         // One snapshot for the count and the page.
         let tx = client
@@ -158,25 +160,51 @@ impl PostgresStore {
             .read_only(true)
             .start()
             .await?;
+        // strpos rather than LIKE: nothing in `q` is a pattern (emails are stored lower-cased).
         let total: i64 = tx
-            .query_one("SELECT count(*) FROM users", &[])
+            .query_one(
+                "SELECT count(*) FROM users WHERE $1::text IS NULL OR strpos(email, $1) > 0",
+                &[&query.q],
+            )
             .await?
             .try_get(0)?;
         let stmt = tx
             .prepare_cached(concat!(
                 "SELECT ",
                 user_columns!(),
-                " FROM users u ORDER BY u.id LIMIT $1 OFFSET $2"
+                " FROM users u WHERE ($1::text IS NULL OR strpos(u.email, $1) > 0) AND u.id > $2
+                  ORDER BY u.id LIMIT $3 OFFSET $4"
             ))
             .await?;
         let items = tx
-            .query(&stmt, &[&limit, &offset])
+            .query(
+                &stmt,
+                &[
+                    &query.q,
+                    &query.after_id.unwrap_or(0),
+                    &query.limit,
+                    &query.offset,
+                ],
+            )
             .await?
             .iter()
             .map(user_from_row)
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         Ok(Page { items, total })
+    }
+
+    pub async fn user(&self, user_id: i64) -> Result<Option<User>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users u WHERE u.id = $1"
+            ))
+            .await?;
+        let row = client.query_opt(&stmt, &[&user_id]).await?;
+        row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn find_user_by_email(&self, email: String) -> Result<Option<User>, StoreError> {
@@ -203,17 +231,17 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub async fn set_role(
+    pub async fn update_user(
         &self,
         actor_id: i64,
         user_id: i64,
-        role: Role,
+        change: UserChange,
     ) -> Result<User, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_admins(&tx).await?;
         require_admin(&tx, actor_id).await?;
-        let user = change_role(&tx, user_id, role).await?;
+        let user = change_user(&tx, user_id, change).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -222,7 +250,15 @@ impl PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_admins(&tx).await?;
-        let user = change_role(&tx, user_id, Role::Admin).await?;
+        let user = change_user(
+            &tx,
+            user_id,
+            UserChange {
+                role: Some(Role::Admin),
+                disabled: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -235,11 +271,11 @@ impl PostgresStore {
             require_admin(&tx, actor_id).await?;
         }
         // Deleting oneself when already gone: the caller's token is dead, not a 404.
-        let role = match role_of(&tx, user_id).await {
+        let standing = match standing_of(&tx, user_id).await {
             Err(StoreError::NotFound) if actor_id.is_none() => return Err(StoreError::ActorGone),
-            role => role?,
+            standing => standing?,
         };
-        if role == Role::Admin && admins_other_than(&tx, user_id).await? == 0 {
+        if standing.enabled_admin() && admins_other_than(&tx, user_id).await? == 0 {
             return Err(StoreError::LastAdmin);
         }
         tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
@@ -249,48 +285,90 @@ impl PostgresStore {
     }
 }
 
-async fn role_of(tx: &Transaction<'_>, user_id: i64) -> Result<Role, StoreError> {
-    let row = tx
-        .query_opt("SELECT role FROM users WHERE id = $1", &[&user_id])
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    role_from_db(row.try_get(0)?)
+/// A user's role and whether it is disabled.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    role: Role,
+    disabled: bool,
 }
 
+impl Standing {
+    fn enabled_admin(self) -> bool {
+        self.role == Role::Admin && !self.disabled
+    }
+}
+
+async fn standing_of(tx: &Transaction<'_>, user_id: i64) -> Result<Standing, StoreError> {
+    let row = tx
+        .query_opt(
+            "SELECT role, disabled_at IS NOT NULL FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    Ok(Standing {
+        role: role_from_db(row.try_get(0)?)?,
+        disabled: row.try_get(1)?,
+    })
+}
+
+/// Enabled admins other than `user_id`.
 async fn admins_other_than(tx: &Transaction<'_>, user_id: i64) -> Result<i64, StoreError> {
     Ok(tx
         .query_one(
-            "SELECT count(*) FROM users WHERE role = 'admin' AND id <> $1",
+            "SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL AND id <> $1",
             &[&user_id],
         )
         .await?
         .try_get(0)?)
 }
 
-/// The actor of an admin change must still be an admin when the change is written.
+/// The actor of an admin change must still be an enabled admin when the change is written.
 async fn require_admin(tx: &Transaction<'_>, actor_id: i64) -> Result<(), StoreError> {
-    match role_of(tx, actor_id).await {
-        Ok(Role::Admin) => Ok(()),
-        Ok(Role::Member) => Err(StoreError::NotAdmin),
+    match standing_of(tx, actor_id).await {
+        Ok(s) if s.enabled_admin() => Ok(()),
+        // Disabled meanwhile: its sessions, this request's too, are gone.
+        Ok(s) if s.disabled => Err(StoreError::ActorGone),
+        Ok(_) => Err(StoreError::NotAdmin),
         Err(StoreError::NotFound) => Err(StoreError::ActorGone),
         Err(e) => Err(e),
     }
 }
 
-/// Sets a role inside a transaction holding the admin lock, refusing to demote the last admin.
-async fn change_role(tx: &Transaction<'_>, user_id: i64, role: Role) -> Result<User, StoreError> {
-    let current = role_of(tx, user_id).await?;
-    if current == Role::Admin && role != Role::Admin && admins_other_than(tx, user_id).await? == 0 {
+/// Applies a change inside a transaction holding the admin lock, refusing to leave no enabled
+/// admin; disabling ends the user's sessions.
+async fn change_user(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    change: UserChange,
+) -> Result<User, StoreError> {
+    let current = standing_of(tx, user_id).await?;
+    let after = Standing {
+        role: change.role.unwrap_or(current.role),
+        disabled: change.disabled.unwrap_or(current.disabled),
+    };
+    if current.enabled_admin()
+        && !after.enabled_admin()
+        && admins_other_than(tx, user_id).await? == 0
+    {
         return Err(StoreError::LastAdmin);
     }
+    // The row's lock first (as a login's session insert reads it FOR SHARE): a login racing the
+    // disabling either made its session before, and it is deleted here, or finds it disabled.
     let row = tx
         .query_one(
             concat!(
-                "UPDATE users AS u SET role = $1 WHERE id = $2 RETURNING ",
+                "UPDATE users AS u SET role = $1,
+                     disabled_at = CASE WHEN $2 THEN coalesce(disabled_at, extract(epoch FROM now())::bigint) END
+                 WHERE id = $3 RETURNING ",
                 user_columns!()
             ),
-            &[&role.as_str(), &user_id],
+            &[&after.role.as_str(), &after.disabled, &user_id],
         )
         .await?;
+    if after.disabled && !current.disabled {
+        tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
+            .await?;
+    }
     user_from_row(&row)
 }

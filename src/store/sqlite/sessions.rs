@@ -4,7 +4,7 @@
 use tokio_rusqlite::rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{SqliteStore, role_from_db, to_i64, user_from_row};
-use crate::store::{NewSession, Refresh, Role, Rotation, StoreError, User};
+use crate::store::{NewSession, Refresh, Role, Rotation, SessionInfo, StoreError, User};
 
 /// The session whose previous refresh token was presented.
 struct Rotated {
@@ -29,15 +29,17 @@ impl SqliteStore {
             to_i64(s.now),
             to_i64(s.expires_at),
         );
+        let (user_agent, ip) = (s.user_agent, s.ip);
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
-                    "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at)
-                     SELECT ?1, id, ?3, ?4, ?5 FROM users WHERE id = ?2 AND password_hash = ?6",
+                    "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
+                     SELECT ?1, id, ?3, ?4, ?5, ?4, ?7, ?8 FROM users
+                     WHERE id = ?2 AND password_hash = ?6 AND disabled_at IS NULL",
                 )?
-                .execute(params![id, user_id, hash, now, expires_at, password_hash])?;
+                .execute(params![id, user_id, hash, now, expires_at, password_hash, user_agent, ip])?;
             if inserted == 0 {
-                // The user was deleted, or its password changed, since the check.
+                // The user was deleted or disabled, or its password changed, since the check.
                 return Err(StoreError::PasswordChanged);
             }
             Ok(())
@@ -55,9 +57,10 @@ impl SqliteStore {
         let now = to_i64(now);
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL
+                "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL,
+                        u.disabled_at IS NOT NULL
                  FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3",
+                 WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3 AND u.disabled_at IS NULL",
             )?;
             Ok(stmt
                 .query_row(params![session_id, user_id, now], user_from_row)
@@ -91,22 +94,23 @@ impl SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = to_i64(r.now);
             let presented = &r.presented[..];
-            let live: Option<(String, i64, String)> = tx
+            let live: Option<(String, i64, String, i64)> = tx
                 .prepare_cached(
-                    "SELECT s.id, s.user_id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+                    "SELECT s.id, s.user_id, u.role, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
                      WHERE s.refresh_hash = ?1 AND s.expires_at > ?2",
                 )?
                 .query_row(params![presented, now], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
                 })
                 .optional()?;
-            if let Some((session_id, user_id, role)) = live {
+            if let Some((session_id, user_id, role, expires_at)) = live {
                 let role = role_from_db(&role)?;
                 tx.prepare_cached(
-                    "UPDATE sessions SET refresh_hash = ?1, prev_hash = ?2, prev_successor = ?3, rotated_at = ?4
+                    "UPDATE sessions SET refresh_hash = ?1, prev_hash = ?2, prev_successor = ?3, rotated_at = ?4,
+                                         last_used_at = ?4, user_agent = ?6, ip = ?7
                      WHERE id = ?5",
                 )?
-                .execute(params![&r.successor[..], presented, &r.sealed_successor[..], now, session_id])?;
+                .execute(params![&r.successor[..], presented, &r.sealed_successor[..], now, session_id, r.user_agent, r.ip])?;
                 tx.prepare_cached(
                     "INSERT OR IGNORE INTO spent_refresh_tokens (hash, session_id, spent_at) VALUES (?1, ?2, ?3)",
                 )?
@@ -122,6 +126,7 @@ impl SqliteStore {
                     user_id,
                     session_id,
                     role,
+                    expires_at: u64::try_from(expires_at).unwrap_or(0),
                 });
             }
 
@@ -152,6 +157,7 @@ impl SqliteStore {
                         user_id: p.user_id,
                         session_id: p.session_id,
                         role: p.role,
+                        expires_at: u64::try_from(p.expires_at).unwrap_or(0),
                         sealed_successor: p.sealed_successor.unwrap_or_default(),
                     });
                 }
@@ -183,6 +189,59 @@ impl SqliteStore {
             c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                 .execute(params![session_id])?;
             Ok(())
+        })
+        .await
+    }
+
+    pub async fn sessions_of(
+        &self,
+        user_id: i64,
+        now: u64,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
+        let now = to_i64(now);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, created_at, coalesce(last_used_at, rotated_at, created_at), expires_at, user_agent, ip
+                 FROM sessions WHERE user_id = ?1 AND expires_at > ?2
+                 ORDER BY created_at DESC, id",
+            )?;
+            let rows = stmt.query_map(params![user_id, now], |r| {
+                Ok(SessionInfo {
+                    id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    last_used_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                    user_agent: r.get(4)?,
+                    ip: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let ended = c
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1 AND user_id = ?2")?
+                .execute(params![session_id, user_id])?;
+            Ok(ended == 1)
+        })
+        .await
+    }
+
+    pub async fn end_sessions(
+        &self,
+        user_id: i64,
+        keep: Option<String>,
+    ) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            let ended = c
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id != ?2)",
+                )?
+                .execute(params![user_id, keep])?;
+            Ok(ended as u64)
         })
         .await
     }

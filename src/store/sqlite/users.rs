@@ -4,7 +4,7 @@ use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, par
 
 use super::mail;
 use super::{SqliteStore, is_unique_violation, role_from_db, to_i64, user_columns, user_from_row};
-use crate::store::{Credentials, MailKind, Page, Role, StoreError, User};
+use crate::store::{Credentials, MailKind, Page, Role, StoreError, User, UserChange, UserQuery};
 
 impl SqliteStore {
     pub async fn email_exists(&self, email: String) -> Result<bool, StoreError> {
@@ -57,7 +57,7 @@ impl SqliteStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         self.read(move |c| {
             let mut stmt =
-                c.prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL FROM users WHERE email = ?1")?;
+                c.prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL FROM users WHERE email = ?1")?;
             Ok(stmt
                 .query_row(params![email], |row| {
                     Ok(Credentials {
@@ -65,6 +65,7 @@ impl SqliteStore {
                         password_hash: row.get(1)?,
                         role: role_from_db(&row.get::<_, String>(2)?)?,
                         email_verified: row.get(3)?,
+                        disabled: row.get(4)?,
                     })
                 })
                 .optional()?)
@@ -155,21 +156,46 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Page, StoreError> {
+    pub async fn list_users(&self, query: UserQuery) -> Result<Page, StoreError> {
         self.read(move |c| {
             let tx = c.transaction()?;
+            // `instr` rather than LIKE: nothing in `q` is a pattern (emails are stored lower-cased).
             let total = tx
-                .prepare_cached("SELECT count(*) FROM users")?
-                .query_row([], |r| r.get(0))?;
+                .prepare_cached(
+                    "SELECT count(*) FROM users WHERE ?1 IS NULL OR instr(email, ?1) > 0",
+                )?
+                .query_row(params![query.q], |r| r.get(0))?;
             let items = tx
                 .prepare_cached(concat!(
                     "SELECT ",
                     user_columns!(),
-                    " FROM users ORDER BY id LIMIT ?1 OFFSET ?2"
+                    " FROM users WHERE (?1 IS NULL OR instr(email, ?1) > 0) AND id > ?2
+                     ORDER BY id LIMIT ?3 OFFSET ?4"
                 ))?
-                .query_map(params![limit, offset], user_from_row)?
+                .query_map(
+                    params![
+                        query.q,
+                        query.after_id.unwrap_or(0),
+                        query.limit,
+                        query.offset
+                    ],
+                    user_from_row,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Page { items, total })
+        })
+        .await
+    }
+
+    pub async fn user(&self, user_id: i64) -> Result<Option<User>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE id = ?1"
+            ))?
+            .query_row(params![user_id], user_from_row)
+            .optional()?)
         })
         .await
     }
@@ -199,20 +225,20 @@ impl SqliteStore {
         .await
     }
 
-    /// Sets a user's role, as the admin `actor_id`; demoting the last admin is refused (409), in
-    /// the same transaction as the count, so two admins demoting each other at once cannot leave
-    /// none. The actor's own role is read in that transaction too: an admin demoted while this
-    /// request was on its way is refused (403), not obeyed.
-    pub async fn set_role(
+    /// Changes a user's role and whether it is disabled, as the admin `actor_id`, in one
+    /// transaction with the last-admin count and the actor's own role, so two admins acting on
+    /// each other at once cannot leave no enabled admin, and an admin demoted while this request
+    /// was on its way is refused (403), not obeyed. Disabling ends every session of the user.
+    pub async fn update_user(
         &self,
         actor_id: i64,
         user_id: i64,
-        role: Role,
+        change: UserChange,
     ) -> Result<User, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_admin(&tx, actor_id)?;
-            let user = change_role(&tx, user_id, role)?;
+            let user = change_user(&tx, user_id, change)?;
             tx.commit()?;
             Ok(user)
         })
@@ -223,7 +249,14 @@ impl SqliteStore {
     pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let user = change_role(&tx, user_id, Role::Admin)?;
+            let user = change_user(
+                &tx,
+                user_id,
+                UserChange {
+                    role: Some(Role::Admin),
+                    disabled: None,
+                },
+            )?;
             tx.commit()?;
             Ok(user)
         })
@@ -240,13 +273,13 @@ impl SqliteStore {
                 require_admin(&tx, actor_id)?;
             }
             // Deleting oneself when already gone: the caller's token is dead, not a 404.
-            let role = match role_of(&tx, user_id) {
+            let standing = match standing_of(&tx, user_id) {
                 Err(StoreError::NotFound) if actor_id.is_none() => {
                     return Err(StoreError::ActorGone);
                 }
-                role => role?,
+                standing => standing?,
             };
-            if role == Role::Admin && admins_other_than(&tx, user_id)? == 0 {
+            if standing.enabled_admin() && admins_other_than(&tx, user_id)? == 0 {
                 return Err(StoreError::LastAdmin);
             }
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
@@ -258,47 +291,82 @@ impl SqliteStore {
     }
 }
 
+/// Enabled admins other than `user_id`.
 fn admins_other_than(tx: &rusqlite::Transaction<'_>, user_id: i64) -> rusqlite::Result<i64> {
-    tx.prepare_cached("SELECT count(*) FROM users WHERE role = 'admin' AND id != ?1")?
-        .query_row(params![user_id], |r| r.get(0))
+    tx.prepare_cached(
+        "SELECT count(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL AND id != ?1",
+    )?
+    .query_row(params![user_id], |r| r.get(0))
 }
 
-fn role_of(tx: &rusqlite::Transaction<'_>, user_id: i64) -> Result<Role, StoreError> {
-    let role: Option<String> = tx
-        .prepare_cached("SELECT role FROM users WHERE id = ?1")?
-        .query_row(params![user_id], |r| r.get(0))
+/// A user's role and whether it is disabled.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    role: Role,
+    disabled: bool,
+}
+
+impl Standing {
+    fn enabled_admin(self) -> bool {
+        self.role == Role::Admin && !self.disabled
+    }
+}
+
+fn standing_of(tx: &rusqlite::Transaction<'_>, user_id: i64) -> Result<Standing, StoreError> {
+    let row: Option<(String, bool)> = tx
+        .prepare_cached("SELECT role, disabled_at IS NOT NULL FROM users WHERE id = ?1")?
+        .query_row(params![user_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    match role {
-        Some(role) => Ok(role_from_db(&role)?),
+    match row {
+        Some((role, disabled)) => Ok(Standing {
+            role: role_from_db(&role)?,
+            disabled,
+        }),
         None => Err(StoreError::NotFound),
     }
 }
 
-/// The actor of an admin change must still be an admin when the change is written.
+/// The actor of an admin change must still be an enabled admin when the change is written.
 fn require_admin(tx: &rusqlite::Transaction<'_>, actor_id: i64) -> Result<(), StoreError> {
-    match role_of(tx, actor_id) {
-        Ok(Role::Admin) => Ok(()),
-        Ok(Role::Member) => Err(StoreError::NotAdmin),
+    match standing_of(tx, actor_id) {
+        Ok(s) if s.enabled_admin() => Ok(()),
+        // Disabled meanwhile: its sessions, this request's too, are gone.
+        Ok(s) if s.disabled => Err(StoreError::ActorGone),
+        Ok(_) => Err(StoreError::NotAdmin),
         // The admin's account was deleted meanwhile: its token is dead.
         Err(StoreError::NotFound) => Err(StoreError::ActorGone),
         Err(e) => Err(e),
     }
 }
 
-/// Sets a role inside a write transaction, refusing to demote the last admin.
-fn change_role(
+/// Applies a change inside a write transaction, refusing to leave no enabled admin; disabling
+/// ends the user's sessions.
+fn change_user(
     tx: &rusqlite::Transaction<'_>,
     user_id: i64,
-    role: Role,
+    change: UserChange,
 ) -> Result<User, StoreError> {
-    let current = role_of(tx, user_id)?;
-    if current == Role::Admin && role != Role::Admin && admins_other_than(tx, user_id)? == 0 {
+    let current = standing_of(tx, user_id)?;
+    let after = Standing {
+        role: change.role.unwrap_or(current.role),
+        disabled: change.disabled.unwrap_or(current.disabled),
+    };
+    if current.enabled_admin() && !after.enabled_admin() && admins_other_than(tx, user_id)? == 0 {
         return Err(StoreError::LastAdmin);
+    }
+    if after.disabled && !current.disabled {
+        tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+            .execute(params![user_id])?;
     }
     Ok(tx
         .prepare_cached(concat!(
-            "UPDATE users SET role = ?1 WHERE id = ?2 RETURNING ",
+            "UPDATE users SET role = ?1,
+                 disabled_at = CASE WHEN ?2 THEN coalesce(disabled_at, unixepoch()) END
+             WHERE id = ?3 RETURNING ",
             user_columns!()
         ))?
-        .query_row(params![role.as_str(), user_id], user_from_row)?)
+        .query_row(
+            params![after.role.as_str(), after.disabled, user_id],
+            user_from_row,
+        )?)
 }
