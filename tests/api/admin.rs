@@ -293,3 +293,277 @@ async fn the_last_admin_cannot_delete_itself_either() {
         .await
         .problem(409);
 }
+
+#[tokio::test]
+async fn one_user_by_id_and_users_found_by_email() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    for email in ["alice@example.com", "bob@example.org", "malice@example.net"] {
+        app.register(email, PASSWORD).await.assert_status(201);
+    }
+    let id = app.id_of("bob@example.org").await;
+    let one = app
+        .admin("GET", &format!("/api/v1/admin/users/{id}"), &admin, None)
+        .await;
+    one.assert_status(200);
+    assert_eq!(one.json()["email"], "bob@example.org");
+    assert_eq!(one.json()["disabled"], false);
+
+    let found = app
+        .admin("GET", "/api/v1/admin/users?q=ALICE", &admin, None)
+        .await
+        .json();
+    let emails: Vec<_> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(emails, ["alice@example.com", "malice@example.net"]);
+    assert_eq!(found["total"], 2, "total counts the matches");
+    // Nothing in q is a pattern.
+    let none = app
+        .admin("GET", "/api/v1/admin/users?q=%25", &admin, None)
+        .await
+        .json();
+    assert_eq!(none["total"], 0);
+    let all = app
+        .admin("GET", "/api/v1/admin/users?q=", &admin, None)
+        .await
+        .json();
+    assert_eq!(all["total"], 4);
+}
+
+#[tokio::test]
+async fn keyset_paging_walks_the_same_users_as_offset_paging() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    let values: Vec<String> = (0..120)
+        .map(|i| format!("('user{i:03}@example.com', 'x')"))
+        .collect();
+    app.exec(&format!(
+        "INSERT INTO users (email, password_hash) VALUES {}",
+        values.join(", ")
+    ))
+    .await;
+    // A gap in the ids, as deletions leave.
+    app.exec("DELETE FROM users WHERE email IN ('user010@example.com', 'user011@example.com')")
+        .await;
+    let ids = |page: &Value| -> Vec<i64> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (mut by_offset, mut by_key) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    loop {
+        let page = app
+            .admin(
+                "GET",
+                &format!("/api/v1/admin/users?limit=17&offset={offset}"),
+                &admin,
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(page["total"], 119);
+        let got = ids(&page);
+        if got.is_empty() {
+            break;
+        }
+        offset += got.len();
+        by_offset.extend(got);
+    }
+    let mut after = 0;
+    loop {
+        let page = app
+            .admin(
+                "GET",
+                &format!("/api/v1/admin/users?limit=17&after_id={after}"),
+                &admin,
+                None,
+            )
+            .await
+            .json();
+        let got = ids(&page);
+        let Some(last) = got.last() else { break };
+        after = *last;
+        by_key.extend(got);
+    }
+    assert_eq!(by_offset.len(), 119);
+    assert_eq!(by_key, by_offset);
+    let both = app
+        .admin(
+            "GET",
+            "/api/v1/admin/users?after_id=3&offset=0",
+            &admin,
+            None,
+        )
+        .await;
+    both.problem(400);
+    assert_eq!(both.error_fields(), ["offset"]);
+    let bad = app
+        .admin("GET", "/api/v1/admin/users?after_id=-1", &admin, None)
+        .await;
+    assert_eq!(bad.error_fields(), ["after_id"]);
+}
+
+#[tokio::test]
+async fn disabling_kills_live_tokens_and_refuses_the_right_password() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    let login = app.user("eve@example.com").await;
+    let id = app.id_of("eve@example.com").await;
+    let path = format!("/api/v1/admin/users/{id}");
+    let off = app
+        .admin("PATCH", &path, &admin, Some(json!({"disabled": true})))
+        .await;
+    off.assert_status(200);
+    assert_eq!(off.json()["disabled"], true);
+    app.me(login["access_token"].as_str().unwrap())
+        .await
+        .problem(401);
+    app.refresh(login["refresh_token"].as_str().unwrap())
+        .await
+        .problem(401);
+    let refused = app.login("eve@example.com", PASSWORD).await.problem(403);
+    assert_eq!(refused["detail"], "This account is disabled");
+    app.login("eve@example.com", "Wrong-passw0rd")
+        .await
+        .problem(401);
+    let on = app
+        .admin("PATCH", &path, &admin, Some(json!({"disabled": false})))
+        .await;
+    assert_eq!(on.json()["disabled"], false);
+    app.login("eve@example.com", PASSWORD)
+        .await
+        .assert_status(200);
+}
+
+#[tokio::test]
+async fn the_last_enabled_admin_cannot_be_disabled() {
+    let app = TestApp::new().await;
+    let first = app.admin_token("first@example.com").await;
+    let first_id = app.id_of("first@example.com").await;
+    let path = |id: i64| format!("/api/v1/admin/users/{id}");
+    app.admin(
+        "PATCH",
+        &path(first_id),
+        &first,
+        Some(json!({"disabled": true})),
+    )
+    .await
+    .problem(409);
+    let second = app.admin_token("second@example.com").await;
+    let second_id = app.id_of("second@example.com").await;
+    // Two enabled admins: one may go; its tokens die.
+    app.admin(
+        "PATCH",
+        &path(second_id),
+        &first,
+        Some(json!({"disabled": true})),
+    )
+    .await
+    .assert_status(200);
+    app.me(&second).await.problem(401);
+    // A disabled admin does not count: the first is the last enabled one now.
+    for (method, body) in [
+        ("PATCH", Some(json!({"disabled": true}))),
+        ("PATCH", Some(json!({"role": "member"}))),
+        ("DELETE", None),
+    ] {
+        app.admin(method, &path(first_id), &first, body)
+            .await
+            .problem(409);
+    }
+    app.authed("DELETE", "/api/v1/users/me", &first, None)
+        .await
+        .problem(409);
+    // The disabled admin may be deleted.
+    app.admin("DELETE", &path(second_id), &first, None)
+        .await
+        .assert_status(204);
+}
+
+#[tokio::test]
+async fn an_admin_lists_and_ends_a_users_sessions() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    let a = app.user("kim@example.com").await;
+    let b = app.login("kim@example.com", PASSWORD).await.json();
+    let id = app.id_of("kim@example.com").await;
+    let path = format!("/api/v1/admin/users/{id}/sessions");
+    let listed = app.admin("GET", &path, &admin, None).await;
+    listed.assert_status(200);
+    let listed = listed.json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["current"] == false)
+    );
+    app.admin("DELETE", &path, &admin, None)
+        .await
+        .assert_status(204);
+    for token in [&a, &b] {
+        app.me(token["access_token"].as_str().unwrap())
+            .await
+            .problem(401);
+    }
+    app.me(&admin).await.assert_status(200);
+    let member = app.user("mo@example.com").await;
+    app.admin("GET", &path, member["access_token"].as_str().unwrap(), None)
+        .await
+        .problem(403);
+    for method in ["GET", "DELETE"] {
+        app.admin(method, "/api/v1/admin/users/9999/sessions", &admin, None)
+            .await
+            .problem(404);
+    }
+}
+
+#[tokio::test]
+async fn an_admin_sends_a_password_reset_mail() {
+    let catcher = crate::smtp::Catcher::start();
+    let url = catcher.url();
+    let app = TestApp::with(&[("SMTP_URL", url.as_str())]).await;
+    let admin = app.admin_token("admin@example.com").await;
+    app.register("lou@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    let id = app.id_of("lou@example.com").await;
+    let path = format!("/api/v1/admin/users/{id}/password-reset");
+    app.admin("POST", &path, &admin, None)
+        .await
+        .assert_status(202);
+    let mails = catcher
+        .wait_for("lou@example.com", 2, std::time::Duration::from_secs(20))
+        .await;
+    let reset = mails
+        .iter()
+        .find(|m| m.subject == "Reset your password")
+        .expect("the reset mail");
+    let token = reset.token("/account/reset-password?token=");
+    app.post_json(
+        "/api/v1/users/password/reset",
+        &json!({"token": token, "new_password": "Admin-sent-passw0rd"}),
+    )
+    .await
+    .assert_status(204);
+    app.admin(
+        "POST",
+        "/api/v1/admin/users/9999/password-reset",
+        &admin,
+        None,
+    )
+    .await
+    .problem(404);
+    let r = app.admin("GET", &path, &admin, None).await;
+    r.problem(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+}

@@ -30,8 +30,12 @@ mod sqlite {
     mod auth;
     #[path = "binary.rs"]
     pub mod binary;
+    #[path = "cookies.rs"]
+    mod cookies;
     #[path = "cors.rs"]
     mod cors;
+    #[path = "devices.rs"]
+    mod devices;
     #[path = "errors.rs"]
     mod errors;
     #[path = "helpers.rs"]
@@ -69,8 +73,12 @@ mod postgres {
     mod auth;
     #[path = "binary.rs"]
     pub mod binary;
+    #[path = "cookies.rs"]
+    mod cookies;
     #[path = "cors.rs"]
     mod cors;
+    #[path = "devices.rs"]
+    mod devices;
     #[path = "errors.rs"]
     mod errors;
     #[path = "helpers.rs"]
