@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The API as its users meet it, on the real binary: Swagger UI and ReDoc in a real browser, the
 # mails and the account pages they link to (a server of their own, sending to an SMTP catcher),
+# the refresh cookie from an SPA on another port (a server of its own, in cookie mode),
 # then schemathesis against the served /openapi.json. Used by .ci/run.
 #
 # usage: scripts/api-checks.sh BINARY VENV
@@ -47,6 +48,9 @@ echo "== browser: /docs and /redoc in Chromium"
 
 echo "== browser: the verification and reset mails, their links opened in Chromium"
 "$PY" "$here/mail_browser_check.py" "$BIN"
+
+echo "== browser: the refresh cookie (REFRESH_TOKEN_COOKIE=true) from an SPA origin, and refused elsewhere"
+"$PY" "$here/cookie_browser_check.py" "$BIN"
 
 # Every check but positive_data_acceptance: two registration rules cannot be written in JSON
 # Schema (the 72-byte limit, where JSON Schema counts characters, and the common-password list),

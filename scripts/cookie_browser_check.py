@@ -18,8 +18,8 @@ SameSite=Strict cookie goes along), and serves a tiny SPA there. Then, in headle
     cookie to /refresh and the server answers 403 (seen in the server's log and on the wire;
     the page itself gets nothing, CORS does not list it); a cross-site page (localhost) does not
     even send the cookie; outside a browser, the cookie with an Origin of http://evil.example or
-    with no Origin gets 403; none of these spends the cookie: the SPA and the service's own
-    origin still refresh with it;
+    with no Origin gets 403; none of these spends the cookie: past the 10 s grace window (when a
+    spent one would end the session) the SPA and then the service's own origin refresh with it;
   * the SPA's page has no script error and no console error but the expected 401 (a CORS
     error there would mean the credentials handshake failed); the server logs no error.
 Prints one line per check; exits non-zero at the first failure, saying what failed.
@@ -40,7 +40,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from playwright.sync_api import Error as BrowserError
@@ -57,6 +56,9 @@ REFRESH = "/api/v1/users/refresh"
 LOGOUT = "/api/v1/users/logout"
 ME = "/api/v1/users/me"
 SESSIONS = "/api/v1/users/me/sessions"
+# Within this many seconds of a rotation the old refresh token still gets a pair (API.md); after
+# it, a spent one ends the session. Waiting it out shows the refused requests spent nothing.
+GRACE_SECONDS = 10
 # A page of the SPA's origin inside the cookie's path: there document.cookie would show the
 # cookie if it were not HttpOnly (cookies do not tell ports apart).
 PROBE_PAGE = COOKIE_PATH + "/probe.html"
@@ -285,9 +287,10 @@ class Wire:
         headers = {k.lower(): v for k, v in event["headers"].items()}
         self.got[event["requestId"]] = (event["statusCode"], headers)
 
-    def exchanges(self, method, url, timeout=5):
+    def exchanges(self, method, url, answered=False, timeout=5):
         """[(request headers, (status, response headers) or None)] for `method url`, once
-        Chromium has reported the headers it sent for each (its events come in on their own)."""
+        Chromium has reported the headers it sent for each, and with `answered` the headers it
+        received (its events come in on their own)."""
         deadline = time.monotonic() + timeout
         while True:
             found = [
@@ -295,7 +298,8 @@ class Wire:
                 for rid, (m, u) in list(self.urls.items())
                 if m == method and u == url
             ]
-            if (found and all(sent is not None for sent, _ in found)) or time.monotonic() > deadline:
+            complete = all(sent is not None and (got is not None or not answered) for sent, got in found)
+            if (found and complete) or time.monotonic() > deadline:
                 return found
             self.page.wait_for_timeout(50)  # lets Playwright deliver the events
 
@@ -322,22 +326,33 @@ class Spa:
             return
         self.problems.append(f"console error: {message.text} ({url})")
 
-    @contextmanager
-    def failing(self, url):
+    def may_fail_to_load(self, url):
         """A request the check expects to fail: Chromium's console error for it ("Failed to load
         resource") is no failure. It may come in after the call returns, so the URL stays allowed;
         every later call to it checks its status anyway, and a CORS error is never allowed."""
         self.may_fail.add(url)
-        yield
 
     def call(self, what, *args):
         return self.page.evaluate(f"([args]) => window.spa.{what}(...args)", [list(args)])
 
-    def call_watched(self, url, what, *args):
-        """(the page's answer, Playwright's Response with its headers as received)."""
-        with self.page.expect_response(url) as response:
-            answer = self.call(what, *args)
-        return answer, response.value
+    def call_watched(self, method, url, what, *args):
+        """(the page's answer, what went over the wire: {request, sent, status, headers}), the
+        answer one the page could read (else a failure saying what Chromium received)."""
+        before = len(self.wire.exchanges(method, url, timeout=0))
+        answer = self.call(what, *args)
+        found = self.wire.exchanges(method, url, answered=True)[before:]
+        check(len(found) == 1, f"{method} {url} from {self.origin}: {len(found)} requests on the wire: {found}")
+        sent, got = found[0]
+        status, headers = got if got else (None, {})
+        exchange = {"request": f"{method} {url} (Origin {self.origin})", "sent": sent, "status": status, "headers": headers}
+        if "error" in answer:
+            preflights = self.wire.exchanges("OPTIONS", url, answered=True, timeout=0)
+            preflight = f"; the preflight: {preflights[-1][1]}" if preflights else ""
+            raise Failure(
+                f"{exchange['request']}: the page got {answer['error']!r}; Chromium received status {status} "
+                f"with headers {headers}{preflight}; console: {self.problems}"
+            )
+        return answer, exchange
 
     def assert_clean(self, what):
         check(not self.problems, f"{what}: {self.problems}")
@@ -365,17 +380,17 @@ def check_jar_cookie(context, api, what, lifetime_ends=None):
     return cookie
 
 
-def check_set_cookie(response, what, clears=False):
-    """The Set-Cookie and CORS headers of a response the SPA got, as Chromium received them."""
-    headers = response.all_headers()
-    set_cookie = response.header_value("set-cookie") or ""
-    context = f"{what}: {response.request.method} {response.url} answered {response.status} with headers {headers}"
-    check(set_cookie.startswith(COOKIE + "="), f"{context}: no {COOKIE} Set-Cookie")
+def check_set_cookie(exchange, what, clears=False):
+    """The Set-Cookie of a response the SPA got, as Chromium received it."""
+    headers = exchange["headers"]
+    set_cookie = headers.get("set-cookie", "")
+    context = f"{what}: {exchange['request']} answered {exchange['status']} with headers {headers}"
+    check(set_cookie.startswith(COOKIE + "=") and "\n" not in set_cookie, f"{context}: not one {COOKIE} Set-Cookie")
     attributes = {a.strip().split("=")[0].lower(): a.strip() for a in set_cookie.split(";")[1:]}
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict", f"Path={COOKIE_PATH}"]:
-        check(attribute.split("=")[0].lower() in attributes and attributes[attribute.split("=")[0].lower()] == attribute,
-              f"{context}: Set-Cookie lacks {attribute}")
-    max_age = re.search(r"(?i)max-age=(\d+)", set_cookie)
+        name = attribute.split("=")[0].lower()
+        check(attributes.get(name, "").lower() == attribute.lower(), f"{context}: Set-Cookie lacks {attribute}")
+    max_age = re.fullmatch(r"(?i)max-age=(\d+)", attributes.get("max-age", ""))
     check(max_age, f"{context}: Set-Cookie has no Max-Age")
     if clears:
         check(int(max_age.group(1)) == 0, f"{context}: Set-Cookie does not clear the cookie (Max-Age {max_age.group(1)})")
@@ -421,9 +436,9 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
     ok(f"SPA page loaded from {spa.origin} (listed in CORS_ORIGINS; the API is at {api})")
 
     # Login.
-    answer, response = spa.call_watched(login_url, "login", address, PASSWORD)
+    answer, exchange = spa.call_watched("POST", login_url, "login", address, PASSWORD)
     first = check_token(answer, f"POST {LOGIN} from the SPA")
-    where, headers = check_set_cookie(response, "login")
+    where, headers = check_set_cookie(exchange, "login")
     check_cors(where, headers, spa.origin)
     check("no-store" in headers.get("cache-control", ""), f"{where}: no Cache-Control: no-store")
     ok("login from the SPA: 200, access_token, no refresh_token in the body; "
@@ -441,22 +456,21 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
     ok(f"document.cookie does not show the refresh token (on the SPA, nor on a page under {COOKIE_PATH})")
 
     # Refresh with the cookie, no body.
-    answer, response = spa.call_watched(refresh_url, "refresh")
+    answer, exchange = spa.call_watched("POST", refresh_url, "refresh")
     second = check_token(answer, f"POST {REFRESH} (no body) from the SPA")
     check(second != first, "the refreshed access token is the same as the first")
-    where, headers = check_set_cookie(response, "refresh")
+    where, headers = check_set_cookie(exchange, "refresh")
     check_cors(where, headers, spa.origin)
-    sent = [h for h, _ in spa.wire.exchanges("POST", refresh_url)]
-    check(sent and sent[-1] and f"{COOKIE}={cookie['value']}" in sent[-1].get("cookie", ""),
-          f"the SPA's refresh did not carry the cookie: request headers {sent}")
-    check(sent[-1].get("origin") == spa.origin, f"the SPA's refresh had Origin {sent[-1].get('origin')!r}")
+    sent = exchange["sent"]
+    check(f"{COOKIE}={cookie['value']}" in sent.get("cookie", ""), f"the SPA's refresh did not carry the cookie: request headers {sent}")
+    check(sent.get("origin") == spa.origin, f"the SPA's refresh had Origin {sent.get('origin')!r}")
     rotated = check_jar_cookie(context, api, "after refresh")
     check(rotated["value"] != cookie["value"], "the refresh did not rotate the cookie")
     ok("refresh from the SPA: the browser sent the cookie, 200, a new access_token, no refresh_token "
        "in the body, the cookie rotated")
 
     answer = spa.call("me", second)
-    check(answer.get("status") == 200 and answer["body"].get("email") == address, f"GET {ME} with the new token: {answer}")
+    check(answer.get("status") == 200 and isinstance(answer["body"], dict) and answer["body"].get("email") == address, f"GET {ME} with the new token: {answer}")
     ok(f"GET {ME} with the refreshed token: 200, {address}")
     session = the_session(spa, second, "after refresh")
     check_jar_cookie(context, api, "after refresh", lifetime_ends=epoch(session["expires_at"]))
@@ -465,25 +479,26 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
        "the cookie lives as long as it")
 
     # Logout.
-    answer, response = spa.call_watched(logout_url, "logout", second)
+    answer, exchange = spa.call_watched("POST", logout_url, "logout", second)
     check(answer.get("status") == 204, f"POST {LOGOUT} from the SPA: {answer}")
-    where, headers = check_set_cookie(response, "logout", clears=True)
+    where, headers = check_set_cookie(exchange, "logout", clears=True)
     check_cors(where, headers, spa.origin)
     check(jar_cookie(context, api) is None, f"after logout the cookie is still in the jar: {jar_cookie(context, api)}")
     ok("logout from the SPA: 204, Set-Cookie Max-Age=0, the cookie is gone from the jar")
-    with spa.failing(refresh_url):
-        answer = spa.call("refresh")
+    spa.may_fail_to_load(refresh_url)
+    answer = spa.call("refresh")
     check(answer.get("status") == 401, f"POST {REFRESH} after logout: the page got {answer}")
     ok("refresh after logout: 401")
     spa.assert_clean("the SPA page")
 
     # Logged in again: the cookie exists; other origins must not get to use it.
-    answer, response = spa.call_watched(login_url, "login", address, PASSWORD)
+    answer, exchange = spa.call_watched("POST", login_url, "login", address, PASSWORD)
     third = check_token(answer, "the second login from the SPA")
     cookie = check_jar_cookie(context, api, "after the second login")
     session = the_session(spa, third, "after the second login")
     ok("logged in again from the SPA: the cookie is back in the jar")
 
+    first_refused = time.monotonic()
     for site, sends_cookie in [(same_site, True), (cross_site, False)]:
         other = Spa(context, site.origin)
         mark = log.mark()
@@ -511,7 +526,8 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
             ok(f"{site.origin} (another site): SameSite=Strict kept the cookie home, the server answered "
                f"{statuses[0]}, the page got only {answer['error']!r}")
         other.page.close()
-    check(jar_cookie(context, api)["value"] == cookie["value"], "the refused refreshes changed the cookie in the jar")
+    after = jar_cookie(context, api)
+    check(after is not None and after["value"] == cookie["value"], f"the refused refreshes changed the cookie in the jar: {after}")
 
     for origin in ["http://evil.example", None]:
         headers = {"Cookie": f"{COOKIE}={cookie['value']}"}
@@ -524,14 +540,16 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
         check(answer_headers.get("Set-Cookie") is None, f"{shown}: sets a cookie")
         ok(f"outside the browser, the cookie with {'Origin: ' + origin if origin else 'no Origin'}: 403 problem+json")
 
-    # Nothing above spent the cookie: the SPA, then the service's own origin, still refresh with it.
-    answer, response = spa.call_watched(refresh_url, "refresh")
+    # Nothing above spent the cookie: past the grace window a spent one would end the session,
+    # yet the SPA, then the service's own origin, still refresh with it.
+    time.sleep(max(0.0, first_refused + GRACE_SECONDS + 1 - time.monotonic()))
+    answer, exchange = spa.call_watched("POST", refresh_url, "refresh")
     fourth = check_token(answer, "the SPA's refresh after the refused ones")
-    check_set_cookie(response, "the SPA's refresh after the refused ones")
+    check_set_cookie(exchange, "the SPA's refresh after the refused ones")
     cookie = check_jar_cookie(context, api, "after the SPA's refresh after the refused ones")
     check(the_session(spa, fourth, "after the refused refreshes")["id"] == session["id"],
           "the session changed across the refused refreshes")
-    ok("the refused requests spent nothing: the SPA still refreshes with the cookie (same session)")
+    ok(f"the refused requests spent nothing: {GRACE_SECONDS} s on, the SPA still refreshes with the cookie (same session)")
     own = context.new_page()
     own_wire = Wire(context, own)
     own.goto(api + "/health")
@@ -542,7 +560,9 @@ def browser_part(browser, api, spa_site, same_site, cross_site, log, address):
     )
     check_token(answer, f"POST {REFRESH} from the service's own origin {api}")
     sent = [h for h, _ in own_wire.exchanges("POST", refresh_url)]
-    check(sent and sent[-1] and sent[-1].get("origin") == api, f"the own-origin refresh went with {sent}")
+    check(len(sent) == 1 and sent[0] and sent[0].get("origin") == api
+          and f"{COOKIE}={cookie['value']}" in sent[0].get("cookie", ""),
+          f"the own-origin refresh went without Origin {api} or the cookie: {sent}")
     own.close()
     check(check_jar_cookie(context, api, "after the own-origin refresh")["value"] != cookie["value"],
           "the own-origin refresh did not rotate the cookie")

@@ -750,8 +750,9 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
             url.trim_end_matches('/').to_owned()
         }
         None => {
-            // A server listening on every address is reached, on this machine, at localhost.
-            let shown = if host.is_unspecified() || host.is_loopback() {
+            // HOST itself; a server listening on every address is reached, on this machine, at
+            // localhost.
+            let shown = if host.is_unspecified() {
                 "localhost".to_owned()
             } else if host.is_ipv6() {
                 format!("[{host}]")
@@ -1013,7 +1014,7 @@ mod tests {
     fn mail_settings_follow_the_contract() {
         let c = cfg(&[]).unwrap();
         assert!(c.mail.smtp.is_none());
-        assert_eq!(c.mail.public_url, "http://localhost:8000");
+        assert_eq!(c.mail.public_url, "http://127.0.0.1:8000");
         assert_eq!(
             c.mail.from.to_string(),
             "warp-auth-api <no-reply@localhost>"
