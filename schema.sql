@@ -11,9 +11,10 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash TEXT    NOT NULL,
     role          TEXT    NOT NULL DEFAULT 'member' CHECK (role IN ('member', 'admin')),
     created_at    TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
-, email_verified_at INTEGER, disabled_at INTEGER);
+, email_verified_at INTEGER, disabled_at INTEGER, mfa_enabled_at INTEGER);
 -- Added by later migrations, in the form ALTER TABLE leaves: email_verified_at (3), unix seconds,
--- NULL until verified; disabled_at (4), unix seconds, NULL while the account is enabled.
+-- NULL until verified; disabled_at (4), unix seconds, NULL while the account is enabled;
+-- mfa_enabled_at (5), unix seconds, NULL while MFA is off.
 
 -- One row per login. An access token is accepted only while its session row exists, so logout,
 -- password change, account deletion and refresh-token reuse all revoke by deleting rows.
@@ -82,3 +83,32 @@ CREATE TABLE IF NOT EXISTS mail_outbox (
 );
 CREATE INDEX IF NOT EXISTS mail_outbox_due ON mail_outbox (next_attempt_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS mail_outbox_user ON mail_outbox (user_id, kind, created_at);
+
+-- A user's TOTP secret: pending until confirmed with a code. The secret is sealed
+-- (XChaCha20-Poly1305) under a key derived from JWT_SECRET, which the database does not hold.
+CREATE TABLE IF NOT EXISTS mfa_totp (
+    user_id       INTEGER PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+    secret_sealed BLOB    NOT NULL,                -- nonce, then the sealed secret
+    key_id        TEXT    NOT NULL,                -- which key sealed it (JWT_SECRET rotation)
+    confirmed_at  INTEGER,                         -- unix seconds; NULL while pending
+    last_step     INTEGER,                         -- the last time step accepted (no replay)
+    created_at    INTEGER NOT NULL                 -- unix seconds
+);
+
+-- Recovery codes, by SHA-256 (80 random bits each); each works once.
+CREATE TABLE IF NOT EXISTS mfa_recovery_codes (
+    user_id   INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    code_hash BLOB    NOT NULL,
+    used_at   INTEGER,                             -- unix seconds; NULL while unused
+    PRIMARY KEY (user_id, code_hash)
+) WITHOUT ROWID;
+
+-- The second step of a login: an mfa_token (by SHA-256), for 5 minutes, dead after 5 wrong codes.
+CREATE TABLE IF NOT EXISTS mfa_challenges (
+    hash          BLOB    PRIMARY KEY,
+    user_id       INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    password_hash TEXT    NOT NULL,                -- the hash the password step verified
+    failures      INTEGER NOT NULL DEFAULT 0,
+    expires_at    INTEGER NOT NULL                 -- unix seconds
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS mfa_challenges_expires_at ON mfa_challenges (expires_at);

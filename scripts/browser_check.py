@@ -20,6 +20,11 @@ from playwright.sync_api import sync_playwright
 CONTRACT_PATHS = [
     "/api/v1/users/register",
     "/api/v1/users/login",
+    "/api/v1/users/login/mfa",
+    "/api/v1/users/me/mfa/totp",
+    "/api/v1/users/me/mfa/totp/confirm",
+    "/api/v1/users/me/mfa/recovery-codes",
+    "/api/v1/admin/users/{id}/mfa",
     "/api/v1/users/refresh",
     "/api/v1/users/logout",
     "/api/v1/users/me",

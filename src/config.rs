@@ -229,6 +229,9 @@ pub struct Config {
     pub jwt_secret: Vec<u8>,
     /// Earlier HMAC secrets, accepted for verification only.
     pub jwt_previous_secrets: Vec<Vec<u8>>,
+    /// The configured `JWT_SECRET` (whatever the algorithm): the key of TOTP secrets at rest is
+    /// derived from it (and from `JWT_PREVIOUS_SECRETS`). `None`: MFA cannot be enrolled.
+    pub mfa_secret: Option<Vec<u8>>,
     pub secret_source: SecretSource,
     pub jwt_algorithm: Algorithm,
     pub jwt_issuer: Option<String>,
@@ -484,8 +487,10 @@ impl Config {
             Algorithm::HS512 => 64,
             _ => 32,
         };
+        // With a key pair (kept in the database) JWT_SECRET signs nothing; set, it still keys the
+        // sealing of TOTP secrets, which must not depend on the database alone.
+        let asymmetric_secret = raw.jwt_secret.clone().filter(|_| asymmetric);
         let (jwt_secret, secret_source) = match raw.jwt_secret {
-            // The key pair lives in the database; a secret would sign nothing.
             _ if asymmetric => (Vec::new(), SecretSource::NotNeeded),
             None => {
                 let mut secret = vec![0u8; 64];
@@ -515,6 +520,18 @@ impl Config {
                 }
                 (secret.into_bytes(), SecretSource::Configured)
             }
+        };
+        let mfa_secret = match asymmetric_secret {
+            Some(secret) if secret.len() >= 32 => Some(secret.into_bytes()),
+            Some(_) => {
+                return Err(bad(
+                    "JWT_SECRET",
+                    "must be at least 32 bytes (with a key-pair JWT_ALGORITHM it keys the sealing \
+                     of TOTP secrets)",
+                ));
+            }
+            None if secret_source == SecretSource::Configured => Some(jwt_secret.clone()),
+            None => None,
         };
         let mut jwt_previous_secrets = Vec::new();
         for (i, previous) in raw
@@ -702,6 +719,7 @@ impl Config {
         Ok(Self {
             jwt_secret,
             jwt_previous_secrets,
+            mfa_secret,
             secret_source,
             jwt_algorithm,
             jwt_issuer,

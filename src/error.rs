@@ -106,6 +106,15 @@ pub enum ApiError {
     TooManyMails { retry_after: u64 },
     #[error("The server is busy hashing passwords; try again shortly")]
     Overloaded,
+    /// The password was right; the login needs its second step (`POST /login/mfa`).
+    #[error("A second factor is required")]
+    MfaRequired { mfa_token: String },
+    /// A wrong second-factor code, or a dead `mfa_token`.
+    #[error("{0}")]
+    WrongCode(&'static str),
+    /// No configured `JWT_SECRET` to seal TOTP secrets with.
+    #[error("Two-factor authentication is not available: the server needs JWT_SECRET to be set")]
+    MfaUnavailable,
     /// The database is locked, full or failing: a passing condition, so 503 with `Retry-After`.
     #[error("The database is temporarily unavailable; try again shortly")]
     Unavailable(String),
@@ -164,9 +173,10 @@ impl ApiError {
             Self::Validation(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidCredentials
             | Self::WrongPassword
+            | Self::WrongCode(_)
             | Self::MissingToken
             | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::MfaRequired { .. } => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::EmailTaken | Self::Conflict(_) => StatusCode::CONFLICT,
@@ -176,7 +186,7 @@ impl ApiError {
             Self::TooManyAttempts { .. } | Self::TooManyMails { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
+            Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) | Self::MfaUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -198,10 +208,24 @@ impl ApiError {
             Self::Validation(errors) => Some(errors.clone()),
             _ => None,
         };
-        let mut response = problem(self.status(), self.to_string(), errors);
+        let mut response = match self {
+            // The two extension members of the second step (RFC 9457 allows them).
+            Self::MfaRequired { mfa_token } => problem_with(
+                self.status(),
+                self.to_string(),
+                serde_json::json!({
+                    "mfa_token": mfa_token,
+                    "expires_in": crate::mfa::MFA_TOKEN_SECONDS,
+                }),
+            ),
+            _ => problem(self.status(), self.to_string(), errors),
+        };
         let headers = response.headers_mut();
         match self {
-            Self::MissingToken | Self::InvalidCredentials | Self::WrongPassword => {
+            Self::MissingToken
+            | Self::InvalidCredentials
+            | Self::WrongPassword
+            | Self::WrongCode(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static(CHALLENGE),
@@ -239,6 +263,25 @@ pub fn problem(status: StatusCode, detail: String, errors: Option<Vec<FieldError
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = Response::new(json.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}
+
+/// A problem+json response with extension members beside the standard ones.
+fn problem_with(status: StatusCode, detail: String, extensions: serde_json::Value) -> Response {
+    let mut body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Some(body), serde_json::Value::Object(more)) = (body.as_object_mut(), extensions) {
+        body.extend(more);
+    }
+    let mut response = Response::new(serde_json::to_vec(&body).unwrap_or_default().into());
     *response.status_mut() = status;
     response
         .headers_mut()

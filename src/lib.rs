@@ -10,6 +10,7 @@ pub mod error;
 pub mod filters;
 pub mod keys;
 pub mod mail;
+pub mod mfa;
 pub mod openapi;
 pub mod password;
 pub mod routes;
@@ -49,6 +50,7 @@ pub struct State {
     pub rules: Arc<Rules>,
     pub throttle: Throttle,
     pub mailer: mail::Mailer,
+    pub mfa: mfa::Mfa,
     /// `PUBLIC_URL`'s origin.
     public_origin: String,
 }
@@ -95,6 +97,7 @@ impl AppState {
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
         Ok(Self(Arc::new(State {
+            mfa: mfa::Mfa::new(&config),
             mailer,
             public_origin,
             tokens: TokenKeys::new(&config, Arc::new(ring)),
@@ -128,6 +131,9 @@ impl AppState {
                 Ok(n) => tracing::info!(sessions = n, "expired sessions removed"),
                 Err(e) => tracing::warn!(error = %e, "could not remove expired sessions"),
             }
+            if let Err(e) = self.store.purge_challenges(tokens::now_seconds()).await {
+                tracing::warn!(error = %e, "could not remove expired second-factor challenges");
+            }
             if let Err(e) = self.store.purge_mail(tokens::now_seconds()).await {
                 tracing::warn!(error = %e, "could not remove expired mail tokens and sent mail");
             }
@@ -148,6 +154,8 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         .or(routes::recovery::routes(&state))
         .unify()
         .or(routes::sessions::routes(&state))
+        .unify()
+        .or(routes::mfa::routes(&state))
         .unify()
         .or(routes::admin::routes(&state))
         .unify()

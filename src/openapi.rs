@@ -13,7 +13,7 @@ use crate::error::{
     RequestTimeout, ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::keys::{JwkSet, PublicJwk};
-use crate::routes::{account, admin, docs, keys, ops, recovery, sessions, users};
+use crate::routes::{account, admin, docs, keys, mfa, ops, recovery, sessions, users};
 use crate::store::{Role, User};
 
 /// The document utoipa generates from the code, pretty-printed, with a final newline.
@@ -38,6 +38,7 @@ pub fn document() -> String {
     paths(
         users::register,
         users::login,
+        mfa::login_mfa,
         users::refresh,
         users::logout,
         users::me,
@@ -47,6 +48,10 @@ pub fn document() -> String {
         sessions::list_sessions,
         sessions::end_other_sessions,
         sessions::end_session,
+        mfa::enroll,
+        mfa::confirm,
+        mfa::disable,
+        mfa::new_recovery_codes,
         recovery::verify_email,
         recovery::resend_verification,
         recovery::forgot_password,
@@ -60,6 +65,7 @@ pub fn document() -> String {
         admin::user_sessions,
         admin::end_user_sessions,
         admin::send_password_reset,
+        admin::disable_mfa,
         keys::jwks,
         ops::health,
         ops::ready,

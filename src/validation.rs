@@ -144,6 +144,16 @@ pub fn presented_password(password: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A second-factor code: 6 ASCII digits, or a recovery code as issued (case and `-` ignored).
+pub fn mfa_code(code: &str) -> Result<(), ValidationError> {
+    match crate::mfa::Code::parse(code) {
+        Some(_) => Ok(()),
+        None => Err(ValidationError::new("code").with_message(
+            "must be the 6 digits of the authenticator app, or a recovery code".into(),
+        )),
+    }
+}
+
 /// Parses and validates a JSON body: malformed JSON, a missing or mistyped field and every failed
 /// rule become a 400 whose `errors` name the fields.
 pub fn parse_json<T>(body: &[u8], rules: &Rules) -> Result<T, ApiError>

@@ -78,6 +78,18 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .map(|_: UserId, refused: Response| refused);
     let sessions = list_sessions.or(end_sessions).unify().or(other).unify();
 
+    // DELETE /api/v1/admin/users/{id}/mfa
+    let mfa = || warp::path!("api" / "v1" / "admin" / "users" / UserId / "mfa");
+    let mfa_off = mfa()
+        .and(warp::delete())
+        .and(with_admin(state))
+        .and(with_db(&state.store))
+        .and_then(disable_mfa);
+    let other = mfa()
+        .and(allow("DELETE"))
+        .map(|_: UserId, refused: Response| refused);
+    let mfa = mfa_off.or(other).unify();
+
     // POST /api/v1/admin/users/{id}/password-reset
     let reset = || warp::path!("api" / "v1" / "admin" / "users" / UserId / "password-reset");
     let send_reset = reset()
@@ -95,6 +107,8 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .or(sessions)
         .unify()
         .or(reset)
+        .unify()
+        .or(mfa)
         .unify()
         .boxed()
 }
@@ -461,4 +475,39 @@ pub(crate) async fn send_password_reset(
         Queued::Limited { retry_after } => Err(ApiError::TooManyMails { retry_after }.into()),
         Queued::NoSuchUser => Err(StoreError::NotFound.into()),
     }
+}
+
+/// Turn a user's MFA off (a lost phone); the user logs in with the password alone until it is
+/// enrolled again.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/users/{id}/mfa",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The user's id", minimum = 1)),
+    responses(
+        (status = 204, description = "The user's MFA is off"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn disable_mfa(
+    id: UserId,
+    admin: Auth,
+    store: Store,
+) -> Result<Response, Rejection> {
+    store.user(id.0).await?.ok_or(StoreError::NotFound)?;
+    if !store.disable_mfa(id.0).await? {
+        return Err(ApiError::Conflict("Two-factor authentication is not on for this user").into());
+    }
+    tracing::info!(
+        admin_id = admin.user.id,
+        user_id = id.0,
+        "MFA turned off by an admin"
+    );
+    Ok(no_content())
 }

@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod docs;
 pub mod keys;
+pub mod mfa;
 pub mod ops;
 pub mod recovery;
 pub mod sessions;

@@ -386,7 +386,9 @@ pub(crate) fn me(auth: Auth) -> Response {
 ///
 /// JSON `{email, password}`, or the OAuth2 password form `username=…&password=…`. Unknown
 /// emails and wrong passwords get the same 401. Repeated failures are throttled (429). With
-/// `REQUIRE_EMAIL_VERIFICATION=true`, the right password of an unverified account gets 403.
+/// `REQUIRE_EMAIL_VERIFICATION=true`, the right password of an unverified account gets 403, and
+/// so does a disabled account's. With MFA on, the right password gets 403 with an `mfa_token`
+/// (5 minutes) for `POST /api/v1/users/login/mfa`.
 #[utoipa::path(
     post,
     path = "/api/v1/users/login",
@@ -503,6 +505,27 @@ async fn attempt_login(
                 verified_hash = now_stored;
             }
         }
+    }
+    if credentials.mfa_enabled {
+        // The second step: the session starts at /login/mfa, from this verified password.
+        let token = crate::tokens::OpaqueToken::generate();
+        state
+            .store
+            .create_challenge(
+                token.hash,
+                credentials.user_id,
+                verified_hash,
+                crate::tokens::now_seconds() + crate::mfa::MFA_TOKEN_SECONDS,
+            )
+            .await?;
+        tracing::info!(
+            outcome = "mfa_required",
+            user_id = credentials.user_id,
+            "login: the password is right; a second factor is required"
+        );
+        return Err(ApiError::MfaRequired {
+            mfa_token: token.token,
+        });
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
     // wins, and this login gets 401 rather than a session that outlives it.

@@ -76,7 +76,7 @@ impl Role {
 
 /// A user as the API shows it (never with its password hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z", "email_verified": false, "disabled": false}))]
+#[schema(as = UserOut, example = json!({"id": 1, "email": "alice@example.com", "full_name": "Alice", "role": "member", "created_at": "2026-01-01T12:00:00Z", "email_verified": false, "disabled": false, "mfa_enabled": false}))]
 pub struct User {
     #[schema(example = 1)]
     pub id: i64,
@@ -95,6 +95,9 @@ pub struct User {
     /// A disabled account cannot log in, and has no sessions.
     #[schema(example = false)]
     pub disabled: bool,
+    /// Whether logins need a second factor (TOTP, or a recovery code).
+    #[schema(example = false)]
+    pub mfa_enabled: bool,
 }
 
 /// What login needs to check a password (and the role its token will carry).
@@ -105,6 +108,7 @@ pub struct Credentials {
     pub role: Role,
     pub email_verified: bool,
     pub disabled: bool,
+    pub mfa_enabled: bool,
 }
 
 /// A new session: its id, its user, the hash of its first refresh token and its end.
@@ -326,6 +330,33 @@ pub struct OutboxMail {
     pub created_at: i64,
     /// Whether the user's email is verified by now (a queued verification mail is then moot).
     pub email_verified: bool,
+}
+
+/// A user's TOTP secret as stored: sealed, with the id of the key that sealed it.
+#[derive(Clone)]
+pub struct TotpRecord {
+    pub sealed: Vec<u8>,
+    pub key_id: String,
+    pub confirmed: bool,
+}
+
+impl std::fmt::Debug for TotpRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpRecord")
+            .field("key_id", &self.key_id)
+            .field("confirmed", &self.confirmed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live second step of a login.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    pub user_id: i64,
+    pub email: String,
+    pub role: Role,
+    /// The hash the password step verified: the session is made only while it is the user's.
+    pub password_hash: String,
 }
 
 /// The database handle handlers use. Cheap to clone.
@@ -570,6 +601,109 @@ impl Store {
     /// Housekeeping: expired tokens, and outbox rows done for more than a day, go.
     pub async fn purge_mail(&self, now: u64) -> Result<u64, StoreError> {
         dispatch!(self.purge_mail(now))
+    }
+
+    // The second factor.
+
+    /// Stores a pending TOTP secret (replacing an earlier pending one); `false` when MFA is
+    /// already on.
+    pub async fn set_pending_totp(
+        &self,
+        user_id: i64,
+        sealed: Vec<u8>,
+        key_id: String,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.set_pending_totp(user_id, sealed, key_id, now))
+    }
+
+    pub async fn totp(&self, user_id: i64) -> Result<Option<TotpRecord>, StoreError> {
+        dispatch!(self.totp(user_id))
+    }
+
+    /// Turns MFA on, in one transaction: the pending secret is confirmed with the code of `step`,
+    /// the recovery codes are set, and every session of the user but `keep` ends. `false` when
+    /// nothing is pending (or it was confirmed meanwhile).
+    pub async fn confirm_totp(
+        &self,
+        user_id: i64,
+        step: i64,
+        codes: Vec<[u8; 32]>,
+        keep: String,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.confirm_totp(user_id, step, codes, keep, now))
+    }
+
+    /// Accepts the code of time step `step` once: `false` when a code of this step or a later
+    /// one was accepted already (a replay, on any replica), or MFA is off.
+    pub async fn accept_totp_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
+        dispatch!(self.accept_totp_step(user_id, step))
+    }
+
+    /// Spends an unused recovery code; `false` when it is unknown or used.
+    pub async fn use_recovery_code(
+        &self,
+        user_id: i64,
+        hash: [u8; 32],
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.use_recovery_code(user_id, hash, now))
+    }
+
+    /// Replaces the recovery codes; `false` when MFA is off.
+    pub async fn replace_recovery_codes(
+        &self,
+        user_id: i64,
+        codes: Vec<[u8; 32]>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.replace_recovery_codes(user_id, codes))
+    }
+
+    /// Turns MFA off (its secret, codes and pending logins go); `false` when it was not on.
+    pub async fn disable_mfa(&self, user_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self.disable_mfa(user_id))
+    }
+
+    /// Starts the second step of a login.
+    pub async fn create_challenge(
+        &self,
+        hash: [u8; 32],
+        user_id: i64,
+        password_hash: String,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.create_challenge(hash, user_id, password_hash, expires_at))
+    }
+
+    /// A live challenge (not expired, fewer than `max_failures` wrong codes).
+    pub async fn challenge(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+        max_failures: u32,
+    ) -> Result<Option<Challenge>, StoreError> {
+        dispatch!(self.challenge(hash, now, max_failures))
+    }
+
+    /// Counts a wrong code against a challenge.
+    pub async fn challenge_failed(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        dispatch!(self.challenge_failed(hash))
+    }
+
+    /// Uses a challenge up: `false` when it was used, expired or failed meanwhile.
+    pub async fn take_challenge(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+        max_failures: u32,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.take_challenge(hash, now, max_failures))
+    }
+
+    /// Housekeeping: expired challenges go.
+    pub async fn purge_challenges(&self, now: u64) -> Result<u64, StoreError> {
+        dispatch!(self.purge_challenges(now))
     }
 
     // Signing keys.

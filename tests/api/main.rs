@@ -46,6 +46,8 @@ mod sqlite {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "mfa.rs"]
+    mod mfa;
     #[path = "openapi.rs"]
     mod openapi;
     #[path = "ops.rs"]
@@ -89,6 +91,8 @@ mod postgres {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "mfa.rs"]
+    mod mfa;
     #[path = "ops.rs"]
     mod ops;
     #[path = "replicas.rs"]

@@ -40,6 +40,12 @@ fn document() -> Value {
 const OPERATIONS: &[(&str, &str, bool)] = &[
     ("post", "/api/v1/users/register", false),
     ("post", "/api/v1/users/login", false),
+    ("post", "/api/v1/users/login/mfa", false),
+    ("post", "/api/v1/users/me/mfa/totp", true),
+    ("delete", "/api/v1/users/me/mfa/totp", true),
+    ("post", "/api/v1/users/me/mfa/totp/confirm", true),
+    ("post", "/api/v1/users/me/mfa/recovery-codes", true),
+    ("delete", "/api/v1/admin/users/{id}/mfa", true),
     ("post", "/api/v1/users/refresh", false),
     ("post", "/api/v1/users/logout", true),
     ("get", "/api/v1/users/me", true),

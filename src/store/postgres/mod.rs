@@ -15,6 +15,7 @@
 
 mod keys;
 mod mail;
+mod mfa;
 mod sessions;
 mod throttle;
 mod users;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0002_signing_keys.sql"),
     include_str!("../../../migrations/postgres/0003_mail.sql"),
     include_str!("../../../migrations/postgres/0004_sessions_and_accounts.sql"),
+    include_str!("../../../migrations/postgres/0005_mfa.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
@@ -273,7 +275,7 @@ macro_rules! user_columns {
     () => {
         "u.id, u.email, u.full_name, u.role, \
          to_char(u.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-         u.email_verified_at IS NOT NULL, u.disabled_at IS NOT NULL"
+         u.email_verified_at IS NOT NULL, u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL"
     };
 }
 pub(super) use user_columns;
@@ -287,6 +289,7 @@ pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
         created_at: row.try_get(4)?,
         email_verified: row.try_get(5)?,
         disabled: row.try_get(6)?,
+        mfa_enabled: row.try_get(7)?,
     })
 }
 

@@ -64,7 +64,8 @@ impl PostgresStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL
+            .prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL,
+                        mfa_enabled_at IS NOT NULL
                  FROM users WHERE lower(email) = $1")
             .await?;
         let row = client.query_opt(&stmt, &[&email]).await?;
@@ -75,6 +76,7 @@ impl PostgresStore {
                 role: role_from_db(row.try_get(2)?)?,
                 email_verified: row.try_get(3)?,
                 disabled: row.try_get(4)?,
+                mfa_enabled: row.try_get(5)?,
             })
         })
         .transpose()

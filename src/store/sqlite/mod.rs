@@ -8,6 +8,7 @@
 
 mod keys;
 mod mail;
+mod mfa;
 mod sessions;
 mod users;
 
@@ -28,6 +29,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0002_signing_keys.sql"),
     include_str!("../../../migrations/sqlite/0003_mail.sql"),
     include_str!("../../../migrations/sqlite/0004_sessions_and_accounts.sql"),
+    include_str!("../../../migrations/sqlite/0005_mfa.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -39,7 +41,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `concat!` (every query's SQL stays a constant). Unqualified, so that `RETURNING` can use it.
 macro_rules! user_columns {
     () => {
-        "id, email, full_name, role, created_at, email_verified_at IS NOT NULL, disabled_at IS NOT NULL"
+        "id, email, full_name, role, created_at, email_verified_at IS NOT NULL, disabled_at IS NOT NULL, \
+         mfa_enabled_at IS NOT NULL"
     };
 }
 pub(super) use user_columns;
@@ -54,6 +57,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
         created_at: row.get(4)?,
         email_verified: row.get(5)?,
         disabled: row.get(6)?,
+        mfa_enabled: row.get(7)?,
     })
 }
 

@@ -58,7 +58,7 @@ impl SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL,
-                        u.disabled_at IS NOT NULL
+                        u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL
                  FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3 AND u.disabled_at IS NULL",
             )?;

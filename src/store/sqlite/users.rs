@@ -57,7 +57,7 @@ impl SqliteStore {
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
         self.read(move |c| {
             let mut stmt =
-                c.prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL FROM users WHERE email = ?1")?;
+                c.prepare_cached("SELECT id, password_hash, role, email_verified_at IS NOT NULL, disabled_at IS NOT NULL, mfa_enabled_at IS NOT NULL FROM users WHERE email = ?1")?;
             Ok(stmt
                 .query_row(params![email], |row| {
                     Ok(Credentials {
@@ -66,6 +66,7 @@ impl SqliteStore {
                         role: role_from_db(&row.get::<_, String>(2)?)?,
                         email_verified: row.get(3)?,
                         disabled: row.get(4)?,
+                        mfa_enabled: row.get(5)?,
                     })
                 })
                 .optional()?)
