@@ -135,7 +135,19 @@ fn hanging_up_on_a_wrong_password_still_counts_the_guess() {
 
     // Every attempt left a log line, the abandoned ones too: three failures (the limit), then
     // refusals (the last two guesses and the right password).
-    let logs = server.log_lines();
+    // (The lines reach us through a pipe read by another thread: give the last one a moment.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logs = loop {
+        let logs = server.log_lines();
+        let refused = logs
+            .iter()
+            .filter(|l| l.contains("login refused: too many attempts"))
+            .count();
+        if refused >= 3 || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let count = |text: &str| logs.iter().filter(|l| l.contains(text)).count();
     assert_eq!(count("login failed"), 3, "{logs:#?}");
     assert_eq!(count("login refused: too many attempts"), 3, "{logs:#?}");
