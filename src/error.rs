@@ -246,6 +246,10 @@ impl ApiError {
             Self::Overloaded | Self::Unavailable(_) | Self::Corrupt(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // Until an operator sets JWT_SECRET.
+            Self::MfaUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            }
             _ => {}
         }
         response

@@ -188,7 +188,8 @@ where
         .and(warp::header::optional::<String>("transfer-encoding"))
         .and_then(
             |kind: Option<String>, length: Option<u64>, chunked: Option<String>| async move {
-                if kind.is_none() && length.unwrap_or(0) == 0 && chunked.is_none() {
+                // Nothing sent: no length and no chunks, or a length of 0 (whatever the type).
+                if length == Some(0) || (kind.is_none() && length.is_none() && chunked.is_none()) {
                     Ok(None)
                 } else {
                     Err(warp::reject::not_found())

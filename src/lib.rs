@@ -119,6 +119,26 @@ impl AppState {
         &self.public_origin
     }
 
+    /// Whether a request's `Origin` is the service's own or a listed CORS origin (the refresh
+    /// cookie is taken, and set, only for those).
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        origin == self.public_origin() || self.config.cors_origins.iter().any(|c| c == origin)
+    }
+
+    /// In cookie mode, a login from a page of another origin is refused: a cross-site form
+    /// must not log the browser into the sender's account (login CSRF). Requests without an
+    /// `Origin` (not from a browser page) are left alone.
+    pub fn check_login_origin(&self, origin: Option<&str>) -> Result<(), error::ApiError> {
+        match origin {
+            Some(origin) if self.config.refresh_token_cookie && !self.origin_allowed(origin) => {
+                Err(error::ApiError::Forbidden(
+                    "A login that sets the refresh cookie is taken only from this service's own origin or one in CORS_ORIGINS",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Housekeeping, every minute while the server runs: expired sessions, sealed successors past
     /// their grace window, idle throttle entries, expired mail tokens and old outbox rows go.
     pub async fn maintain(self) {

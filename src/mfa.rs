@@ -94,10 +94,7 @@ impl Mfa {
             .collect();
         Self {
             keys,
-            issuer: config
-                .jwt_issuer
-                .clone()
-                .unwrap_or_else(|| "warp-auth-api".to_owned()),
+            issuer: issuer_label(config.jwt_issuer.as_deref()),
         }
     }
 
@@ -126,6 +123,11 @@ impl Mfa {
         Ok((out, key.id.clone()))
     }
 
+    /// Whether a record is sealed under the current key (else it is sealed again once opened).
+    pub fn is_current(&self, record: &TotpRecord) -> bool {
+        self.keys.first().is_some_and(|k| k.id == record.key_id)
+    }
+
     /// The secret of a stored record, opened with the key that sealed it.
     pub fn open(&self, record: &TotpRecord) -> Result<Vec<u8>, ApiError> {
         let key = self
@@ -151,11 +153,21 @@ impl Mfa {
             .map_err(|_| ApiError::Internal("a sealed TOTP secret does not open".into()))
     }
 
+    /// The TOTP of a secret, labelled for an authenticator app (the otpauth URI forbids `:` in
+    /// either label, which an email may hold in a quoted local part).
     fn totp(&self, secret: &[u8], account: &str) -> Result<Totp, ApiError> {
         Builder::new()
             .with_secret(secret.to_vec())
             .with_issuer(Some(self.issuer.as_str()))
-            .with_account_name(account)
+            .with_account_name(account.replace(':', ""))
+            .build()
+            .map_err(|e| ApiError::Internal(format!("TOTP: {e}")))
+    }
+
+    /// The TOTP of a secret, unlabelled: what checking a code needs.
+    fn checker(secret: &[u8]) -> Result<Totp, ApiError> {
+        Builder::new()
+            .with_secret(secret.to_vec())
             .build()
             .map_err(|e| ApiError::Internal(format!("TOTP: {e}")))
     }
@@ -176,7 +188,7 @@ impl Mfa {
         code: &str,
         now: u64,
     ) -> Result<Option<i64>, ApiError> {
-        let totp = self.totp(secret, "")?;
+        let totp = Self::checker(secret)?;
         let current = now / STEP_SECONDS;
         for step in [current.saturating_sub(1), current, current + 1] {
             let expected = totp.generate(step * STEP_SECONDS).to_string();
@@ -204,6 +216,24 @@ impl Mfa {
                 (shown, hash)
             })
             .unzip()
+    }
+}
+
+/// The issuer an authenticator app shows: `JWT_ISSUER` (its host when it is a URL, which the
+/// otpauth label cannot hold), else `warp-auth-api`.
+fn issuer_label(issuer: Option<&str>) -> String {
+    let label = match issuer {
+        None => return "warp-auth-api".to_owned(),
+        Some(issuer) => match url::Url::parse(issuer) {
+            Ok(url) => url.host_str().unwrap_or(issuer).to_owned(),
+            Err(_) => issuer.to_owned(),
+        },
+    };
+    let label = label.replace(':', "");
+    if label.is_empty() {
+        "warp-auth-api".to_owned()
+    } else {
+        label
     }
 }
 
@@ -325,6 +355,20 @@ mod tests {
                 assert_eq!(step, i64::try_from(at / 30).unwrap());
             }
         }
+        let issued = Mfa::new(
+            &Config::from_vars([
+                (
+                    "JWT_SECRET",
+                    "0123456789abcdef0123456789abcdef0123456789abcdef",
+                ),
+                ("JWT_ISSUER", "https://auth.example.com"),
+            ])
+            .unwrap(),
+        );
+        let (_, uri) = issued.enrollment(&secret, "a@example.com").unwrap();
+        assert!(uri.contains("issuer=auth.example.com"), "{uri}");
+        let code = totp.generate(now).to_string();
+        assert!(issued.matching_step(&secret, &code, now).unwrap().is_some());
         let (base32, uri) = m.enrollment(&secret, "a@example.com").unwrap();
         assert_eq!(base32.len(), 32);
         assert!(uri.starts_with("otpauth://totp/"), "{uri}");

@@ -61,6 +61,7 @@ pub async fn start(
     role: Role,
     verified_hash: String,
     client: Client,
+    second_factor: bool,
 ) -> Result<TokenPair, ApiError> {
     let session_id = tokens::new_session_id();
     let refresh = OpaqueToken::generate();
@@ -77,6 +78,7 @@ pub async fn start(
             expires_at,
             user_agent: client.user_agent,
             ip: client.ip,
+            second_factor,
         })
         .await?;
     pair(state, user_id, role, &session_id, refresh.token, expires_at)

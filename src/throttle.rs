@@ -445,6 +445,20 @@ impl Guard<'_> {
         }
     }
 
+    /// The password was right but the login is not over (a second factor follows): the attempt
+    /// counts for nothing, and the account's earlier failures stay, so that each password login
+    /// does not give a guesser of codes a fresh count.
+    pub async fn released(self) {
+        match self {
+            // Dropped unended: settled as not failed, nothing cleared.
+            Guard::Local(a) => drop(a),
+            Guard::Shared(mut a) => {
+                a.ended = true;
+                a.refund(false).await;
+            }
+        }
+    }
+
     /// The password was right: the account's count is cleared (not the address's, which gets
     /// this attempt back).
     pub async fn succeeded(self) {

@@ -15,7 +15,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use crate::error::{
-    ApiError, BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout,
+    ApiError, BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::filters::{Auth, allow, json_body, session_client, with_auth, with_state};
@@ -33,6 +33,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let login = warp::path!("login" / "mfa").and(
         warp::post()
             .and(json_body::<MfaLoginIn>(&state.rules))
+            .and(warp::header::optional::<String>("origin"))
             .and(session_client())
             .and(with_state(state))
             .and_then(login_mfa)
@@ -196,6 +197,15 @@ async fn code_is_right(state: &AppState, user_id: i64, code: &Code) -> Result<bo
                 return Ok(false);
             }
             let secret = state.mfa.open(&record)?;
+            if !state.mfa.is_current(&record) {
+                // Sealed under a JWT_SECRET that is now in JWT_PREVIOUS_SECRETS: seal it again, so
+                // that the old secret can be dropped.
+                let (sealed, key_id) = state.mfa.seal(&secret)?;
+                state
+                    .store
+                    .reseal_totp(user_id, record.sealed.clone(), sealed, key_id)
+                    .await?;
+            }
             match state.mfa.matching_step(&secret, digits, now)? {
                 Some(step) => Ok(state.store.accept_totp_step(user_id, step).await?),
                 None => Ok(false),
@@ -250,6 +260,7 @@ async fn check_password_and_code(
         (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -260,9 +271,11 @@ async fn check_password_and_code(
 )]
 pub(crate) async fn login_mfa(
     body: MfaLoginIn,
+    origin: Option<String>,
     client: Client,
     state: AppState,
 ) -> Result<Response, Rejection> {
+    state.check_login_origin(origin.as_deref())?;
     // As a login: the attempt runs to its end whatever the client does.
     let attempt = tokio::spawn(attempt_mfa(state.clone(), body, client).in_current_span());
     let pair = attempt
@@ -280,11 +293,15 @@ async fn attempt_mfa(
     let hash = OpaqueToken::parse(&body.mfa_token)
         .map(|t| t.hash)
         .ok_or(ApiError::WrongCode(DEAD_TOKEN))?;
+    // Each guess is counted before it is checked, so parallel guesses get no more than five.
     let challenge = state
         .store
-        .challenge(hash, now_seconds(), MAX_WRONG_CODES)
+        .claim_guess(hash, now_seconds(), MAX_WRONG_CODES)
         .await?
         .ok_or(ApiError::WrongCode(DEAD_TOKEN))?;
+    if challenge.disabled {
+        return Err(ApiError::Forbidden(crate::error::ACCOUNT_DISABLED));
+    }
     let address = client
         .ip
         .as_deref()
@@ -301,7 +318,6 @@ async fn attempt_mfa(
         })?;
     if !code_is_right(&state, challenge.user_id, &code).await? {
         attempt.failed().await;
-        state.store.challenge_failed(hash).await?;
         tracing::warn!(
             outcome = "mfa_failed",
             user_id = challenge.user_id,
@@ -310,11 +326,7 @@ async fn attempt_mfa(
         return Err(ApiError::WrongCode(WRONG_CODE));
     }
     attempt.succeeded().await;
-    if !state
-        .store
-        .take_challenge(hash, now_seconds(), MAX_WRONG_CODES)
-        .await?
-    {
+    if !state.store.take_challenge(hash).await? {
         // Used by a racing request, or failed out meanwhile.
         return Err(ApiError::WrongCode(DEAD_TOKEN));
     }
@@ -324,6 +336,7 @@ async fn attempt_mfa(
         challenge.role,
         challenge.password_hash,
         client,
+        true,
     )
     .await?;
     tracing::info!(
@@ -438,6 +451,7 @@ pub(crate) async fn confirm(
         .store
         .confirm_totp(
             auth.user.id,
+            record.sealed.clone(),
             step,
             hashes,
             auth.session_id.clone(),

@@ -45,6 +45,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let login = warp::path!("login").and(
         warp::post()
             .and(login_body(state))
+            .and(warp::header::optional::<String>("origin"))
             .and(session_client())
             .and(with_state(state))
             .and_then(login)
@@ -412,9 +413,11 @@ pub(crate) fn me(auth: Auth) -> Response {
 )]
 pub(crate) async fn login(
     body: LoginIn,
+    origin: Option<String>,
     client: Client,
     state: AppState,
 ) -> Result<Response, Rejection> {
+    state.check_login_origin(origin.as_deref())?;
     // The attempt runs to its end in a task of its own, whatever the client does: a client that
     // hangs up while a wrong password's answer is padded must not spare that guess from the
     // throttle (dropping this handler's future does not stop the task).
@@ -463,7 +466,12 @@ async fn attempt_login(
             return Err(ApiError::InvalidCredentials);
         }
     };
-    attempt.succeeded().await;
+    // With a second factor to come, the account's count is cleared only when it is right.
+    if credentials.mfa_enabled {
+        attempt.released().await;
+    } else {
+        attempt.succeeded().await;
+    }
     if credentials.disabled {
         tracing::warn!(
             outcome = "disabled",
@@ -535,6 +543,7 @@ async fn attempt_login(
         credentials.role,
         verified_hash,
         client,
+        false,
     )
     .await
     .inspect_err(|e| {
@@ -563,6 +572,7 @@ async fn attempt_login(
         (status = 200, description = "A new token pair", body = Token, headers(("Cache-Control" = String, description = "`no-store`"), ("Pragma" = String, description = "`no-cache`"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
         (status = 408, response = RequestTimeout),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -582,9 +592,7 @@ pub(crate) async fn refresh(
         None if state.config.refresh_token_cookie => {
             // The cookie goes with any request the browser makes to this path, so it is taken
             // only from the service's own pages and the listed origins (no cross-site refresh).
-            let allowed = origin.as_deref().is_some_and(|o| {
-                o == state.public_origin() || state.config.cors_origins.iter().any(|c| c == o)
-            });
+            let allowed = origin.as_deref().is_some_and(|o| state.origin_allowed(o));
             if !allowed {
                 return Err(ApiError::Forbidden(
                     "The refresh cookie is taken only from this service's own origin or one in CORS_ORIGINS",

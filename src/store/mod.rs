@@ -125,6 +125,9 @@ pub struct NewSession<'a> {
     /// The client's `User-Agent` (at most 256 characters) and address.
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// Whether the login passed a second factor; without one, the session is made only while
+    /// the user has MFA off (a login racing its confirmation gets no password-only session).
+    pub second_factor: bool,
 }
 
 /// A session as its user (or an admin) sees it. Times are unix seconds.
@@ -357,6 +360,8 @@ pub struct Challenge {
     pub role: Role,
     /// The hash the password step verified: the session is made only while it is the user's.
     pub password_hash: String,
+    /// Disabled since the password step.
+    pub disabled: bool,
 }
 
 /// The database handle handlers use. Cheap to clone.
@@ -624,15 +629,30 @@ impl Store {
     /// Turns MFA on, in one transaction: the pending secret is confirmed with the code of `step`,
     /// the recovery codes are set, and every session of the user but `keep` ends. `false` when
     /// nothing is pending (or it was confirmed meanwhile).
+    /// (`sealed` is the pending secret the code was checked against: one enrolled meanwhile in
+    /// another tab is not confirmed by it.)
     pub async fn confirm_totp(
         &self,
         user_id: i64,
+        sealed: Vec<u8>,
         step: i64,
         codes: Vec<[u8; 32]>,
         keep: String,
         now: u64,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.confirm_totp(user_id, step, codes, keep, now))
+        dispatch!(self.confirm_totp(user_id, sealed, step, codes, keep, now))
+    }
+
+    /// Seals a secret again under the current key (after `JWT_SECRET` was rotated), unless it
+    /// changed meanwhile.
+    pub async fn reseal_totp(
+        &self,
+        user_id: i64,
+        old: Vec<u8>,
+        sealed: Vec<u8>,
+        key_id: String,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.reseal_totp(user_id, old, sealed, key_id))
     }
 
     /// Accepts the code of time step `step` once: `false` when a code of this step or a later
@@ -676,29 +696,20 @@ impl Store {
         dispatch!(self.create_challenge(hash, user_id, password_hash, expires_at))
     }
 
-    /// A live challenge (not expired, fewer than `max_failures` wrong codes).
-    pub async fn challenge(
+    /// Claims one guess at a live challenge (not expired, fewer than `max_guesses` so far) and
+    /// counts it, in one statement, so racing guesses cannot get past the limit.
+    pub async fn claim_guess(
         &self,
         hash: [u8; 32],
         now: u64,
-        max_failures: u32,
+        max_guesses: u32,
     ) -> Result<Option<Challenge>, StoreError> {
-        dispatch!(self.challenge(hash, now, max_failures))
+        dispatch!(self.claim_guess(hash, now, max_guesses))
     }
 
-    /// Counts a wrong code against a challenge.
-    pub async fn challenge_failed(&self, hash: [u8; 32]) -> Result<(), StoreError> {
-        dispatch!(self.challenge_failed(hash))
-    }
-
-    /// Uses a challenge up: `false` when it was used, expired or failed meanwhile.
-    pub async fn take_challenge(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-        max_failures: u32,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.take_challenge(hash, now, max_failures))
+    /// Uses a challenge up after a right code: `false` when a racing request used it.
+    pub async fn take_challenge(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
+        dispatch!(self.take_challenge(hash))
     }
 
     /// Housekeeping: expired challenges go.

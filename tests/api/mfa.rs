@@ -431,3 +431,98 @@ fn no_secret_or_code_reaches_the_log_at_debug() {
         "the log is at debug and says what happened"
     );
 }
+
+#[tokio::test]
+async fn a_new_password_login_does_not_give_a_code_guesser_a_fresh_count() {
+    let app = TestApp::with(&[("LOGIN_MAX_FAILURES", "3")]).await;
+    let (_, secret, _) = enrolled(&app, "hal@example.com").await;
+    let first = mfa_token(&app, "hal@example.com").await;
+    for _ in 0..2 {
+        second_step(&app, &first, "000000").await.problem(401);
+    }
+    // The password again: a new mfa_token, and the two wrong codes still count.
+    let second = mfa_token(&app, "hal@example.com").await;
+    second_step(&app, &second, "000000").await.problem(401);
+    second_step(&app, &second, &code_at(&secret, now() + 30))
+        .await
+        .problem(429);
+}
+
+#[tokio::test]
+async fn a_user_disabled_between_the_two_steps_gets_403() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("admin@example.com").await;
+    let (_, secret, _) = enrolled(&app, "ivy@example.com").await;
+    let mfa = mfa_token(&app, "ivy@example.com").await;
+    let id = app.id_of("ivy@example.com").await;
+    app.admin(
+        "PATCH",
+        &format!("/api/v1/admin/users/{id}"),
+        &admin,
+        Some(json!({"disabled": true})),
+    )
+    .await
+    .assert_status(200);
+    let refused = second_step(&app, &mfa, &code_at(&secret, now() + 30)).await;
+    assert_eq!(refused.problem(403)["detail"], "This account is disabled");
+}
+
+#[tokio::test]
+async fn an_issuer_that_is_a_url_works_and_the_second_step_sets_the_cookie() {
+    let app = TestApp::with(&[
+        ("JWT_ISSUER", "https://auth.example.com"),
+        ("REFRESH_TOKEN_COOKIE", "true"),
+        ("PUBLIC_URL", "https://auth.example.com"),
+    ])
+    .await;
+    app.register("joe@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    let login = app.login("joe@example.com", PASSWORD).await.json();
+    let started = call(
+        &app,
+        "POST",
+        "/api/v1/users/me/mfa/totp",
+        &login,
+        json!({"password": PASSWORD}),
+    )
+    .await;
+    started.assert_status(201);
+    let body = started.json();
+    assert!(
+        body["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .contains("issuer=auth.example.com")
+    );
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    call(
+        &app,
+        "POST",
+        "/api/v1/users/me/mfa/totp/confirm",
+        &login,
+        json!({"code": code_at(&secret, now())}),
+    )
+    .await
+    .assert_status(200);
+    let mfa = mfa_token(&app, "joe@example.com").await;
+    let done = second_step(&app, &mfa, &code_at(&secret, now() + 30)).await;
+    done.assert_status(200);
+    assert!(done.json().get("refresh_token").is_none());
+    assert!(
+        done.header("set-cookie")
+            .unwrap()
+            .starts_with("refresh_token=")
+    );
+    // A login from another site's page is refused in cookie mode (no login CSRF).
+    let foreign = app
+        .send(
+            warp::test::request()
+                .method("POST")
+                .path("/api/v1/users/login")
+                .header("origin", "https://evil.example")
+                .json(&json!({"email": "joe@example.com", "password": PASSWORD})),
+        )
+        .await;
+    foreign.problem(403);
+}

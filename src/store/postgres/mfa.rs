@@ -69,6 +69,7 @@ impl PostgresStore {
     pub async fn confirm_totp(
         &self,
         user_id: i64,
+        sealed: Vec<u8>,
         step: i64,
         codes: Vec<[u8; 32]>,
         keep: String,
@@ -86,8 +87,8 @@ impl PostgresStore {
         let confirmed = tx
             .execute(
                 "UPDATE mfa_totp SET confirmed_at = $1, last_step = $2
-                 WHERE user_id = $3 AND confirmed_at IS NULL",
-                &[&now, &step, &user_id],
+                 WHERE user_id = $3 AND confirmed_at IS NULL AND secret_sealed = $4",
+                &[&now, &step, &user_id, &sealed],
             )
             .await?;
         if confirmed == 0 {
@@ -101,6 +102,23 @@ impl PostgresStore {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    pub async fn reseal_totp(
+        &self,
+        user_id: i64,
+        old: Vec<u8>,
+        sealed: Vec<u8>,
+        key_id: String,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE mfa_totp SET secret_sealed = $1, key_id = $2 WHERE user_id = $3 AND secret_sealed = $4",
+                &[&sealed, &key_id, &user_id, &old],
+            )
+            .await?;
+        Ok(())
     }
 
     pub async fn accept_totp_step(&self, user_id: i64, step: i64) -> Result<bool, StoreError> {
@@ -194,19 +212,21 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub async fn challenge(
+    pub async fn claim_guess(
         &self,
         hash: [u8; 32],
         now: u64,
-        max_failures: u32,
+        max_guesses: u32,
     ) -> Result<Option<Challenge>, StoreError> {
         let client = self.client().await?;
-        let max = i32::try_from(max_failures).unwrap_or(i32::MAX);
+        let max = i32::try_from(max_guesses).unwrap_or(i32::MAX);
+        // The row's lock orders racing guesses on every replica; each one is counted.
         let row = client
             .query_opt(
-                "SELECT c.user_id, u.email, u.role, c.password_hash
-                 FROM mfa_challenges c JOIN users u ON u.id = c.user_id
-                 WHERE c.hash = $1 AND c.expires_at > $2 AND c.failures < $3",
+                "UPDATE mfa_challenges c SET failures = c.failures + 1
+                 FROM users u
+                 WHERE c.hash = $1 AND c.expires_at > $2 AND c.failures < $3 AND u.id = c.user_id
+                 RETURNING c.user_id, u.email, u.role, c.password_hash, u.disabled_at IS NOT NULL",
                 &[&&hash[..], &to_i64(now), &max],
             )
             .await?;
@@ -216,35 +236,16 @@ impl PostgresStore {
                 email: r.try_get(1)?,
                 role: role_from_db(r.try_get(2)?)?,
                 password_hash: r.try_get(3)?,
+                disabled: r.try_get(4)?,
             })
         })
         .transpose()
     }
 
-    pub async fn challenge_failed(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+    pub async fn take_challenge(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
-                "UPDATE mfa_challenges SET failures = failures + 1 WHERE hash = $1",
-                &[&&hash[..]],
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn take_challenge(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-        max_failures: u32,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let max = i32::try_from(max_failures).unwrap_or(i32::MAX);
         let taken = client
-            .execute(
-                "DELETE FROM mfa_challenges WHERE hash = $1 AND expires_at > $2 AND failures < $3",
-                &[&&hash[..], &to_i64(now), &max],
-            )
+            .execute("DELETE FROM mfa_challenges WHERE hash = $1", &[&&hash[..]])
             .await?;
         Ok(taken == 1)
     }

@@ -19,6 +19,7 @@ impl PostgresStore {
                 "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
                  SELECT $1, id, $3, $4, $5, $4, $7, $8 FROM users
                  WHERE id = $2 AND password_hash = $6 AND disabled_at IS NULL
+                   AND ($9 OR mfa_enabled_at IS NULL)
                  FOR SHARE",
             )
             .await?;
@@ -34,6 +35,7 @@ impl PostgresStore {
                     &s.password_hash,
                     &s.user_agent,
                     &s.ip,
+                    &s.second_factor,
                 ],
             )
             .await?;

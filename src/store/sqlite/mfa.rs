@@ -63,6 +63,7 @@ impl SqliteStore {
     pub async fn confirm_totp(
         &self,
         user_id: i64,
+        sealed: Vec<u8>,
         step: i64,
         codes: Vec<[u8; 32]>,
         keep: String,
@@ -74,9 +75,9 @@ impl SqliteStore {
             let confirmed = tx
                 .prepare_cached(
                     "UPDATE mfa_totp SET confirmed_at = ?1, last_step = ?2
-                     WHERE user_id = ?3 AND confirmed_at IS NULL",
+                     WHERE user_id = ?3 AND confirmed_at IS NULL AND secret_sealed = ?4",
                 )?
-                .execute(params![now, step, user_id])?;
+                .execute(params![now, step, user_id, sealed])?;
             if confirmed == 0 {
                 return Ok(false);
             }
@@ -87,6 +88,23 @@ impl SqliteStore {
                 .execute(params![user_id, keep])?;
             tx.commit()?;
             Ok(true)
+        })
+        .await
+    }
+
+    pub async fn reseal_totp(
+        &self,
+        user_id: i64,
+        old: Vec<u8>,
+        sealed: Vec<u8>,
+        key_id: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE mfa_totp SET secret_sealed = ?1, key_id = ?2 WHERE user_id = ?3 AND secret_sealed = ?4",
+            )?
+            .execute(params![sealed, key_id, user_id, old])?;
+            Ok(())
         })
         .await
     }
@@ -186,52 +204,52 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn challenge(
+    pub async fn claim_guess(
         &self,
         hash: [u8; 32],
         now: u64,
-        max_failures: u32,
+        max_guesses: u32,
     ) -> Result<Option<Challenge>, StoreError> {
-        self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT c.user_id, u.email, u.role, c.password_hash
-                 FROM mfa_challenges c JOIN users u ON u.id = c.user_id
-                 WHERE c.hash = ?1 AND c.expires_at > ?2 AND c.failures < ?3",
-            )?
-            .query_row(params![&hash[..], to_i64(now), max_failures], |r| {
-                Ok(Challenge {
-                    user_id: r.get(0)?,
-                    email: r.get(1)?,
-                    role: role_from_db(&r.get::<_, String>(2)?)?,
-                    password_hash: r.get(3)?,
-                })
-            })
-            .optional()?)
-        })
-        .await
-    }
-
-    pub async fn challenge_failed(&self, hash: [u8; 32]) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.prepare_cached("UPDATE mfa_challenges SET failures = failures + 1 WHERE hash = ?1")?
-                .execute(params![&hash[..]])?;
-            Ok(())
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed: Option<(i64, String)> = tx
+                .prepare_cached(
+                    "UPDATE mfa_challenges SET failures = failures + 1
+                     WHERE hash = ?1 AND expires_at > ?2 AND failures < ?3
+                     RETURNING user_id, password_hash",
+                )?
+                .query_row(params![&hash[..], to_i64(now), max_guesses], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((user_id, password_hash)) = claimed else {
+                return Ok(None);
+            };
+            let challenge = tx
+                .prepare_cached(
+                    "SELECT email, role, disabled_at IS NOT NULL FROM users WHERE id = ?1",
+                )?
+                .query_row(params![user_id], |r| {
+                    Ok(Challenge {
+                        user_id,
+                        email: r.get(0)?,
+                        role: role_from_db(&r.get::<_, String>(1)?)?,
+                        password_hash: password_hash.clone(),
+                        disabled: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            tx.commit()?;
+            Ok(challenge)
         })
         .await
     }
 
-    pub async fn take_challenge(
-        &self,
-        hash: [u8; 32],
-        now: u64,
-        max_failures: u32,
-    ) -> Result<bool, StoreError> {
+    pub async fn take_challenge(&self, hash: [u8; 32]) -> Result<bool, StoreError> {
         self.write(move |c| {
             let taken = c
-                .prepare_cached(
-                    "DELETE FROM mfa_challenges WHERE hash = ?1 AND expires_at > ?2 AND failures < ?3",
-                )?
-                .execute(params![&hash[..], to_i64(now), max_failures])?;
+                .prepare_cached("DELETE FROM mfa_challenges WHERE hash = ?1")?
+                .execute(params![&hash[..]])?;
             Ok(taken == 1)
         })
         .await

@@ -29,15 +29,16 @@ impl SqliteStore {
             to_i64(s.now),
             to_i64(s.expires_at),
         );
-        let (user_agent, ip) = (s.user_agent, s.ip);
+        let (user_agent, ip, second_factor) = (s.user_agent, s.ip, s.second_factor);
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
                     "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
                      SELECT ?1, id, ?3, ?4, ?5, ?4, ?7, ?8 FROM users
-                     WHERE id = ?2 AND password_hash = ?6 AND disabled_at IS NULL",
+                     WHERE id = ?2 AND password_hash = ?6 AND disabled_at IS NULL
+                       AND (?9 OR mfa_enabled_at IS NULL)",
                 )?
-                .execute(params![id, user_id, hash, now, expires_at, password_hash, user_agent, ip])?;
+                .execute(params![id, user_id, hash, now, expires_at, password_hash, user_agent, ip, second_factor])?;
             if inserted == 0 {
                 // The user was deleted or disabled, or its password changed, since the check.
                 return Err(StoreError::PasswordChanged);
