@@ -1,6 +1,6 @@
 //! Commands besides `serve` that work on the database directly.
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseLocation};
 use crate::password::{self, PasswordHasher};
 use crate::store::{Role, Store};
 use crate::validation;
@@ -35,9 +35,25 @@ pub enum CommandError {
     /// The input was refused, or the state does not allow the command; the message says why.
     #[error("{0}")]
     Refused(String),
+    /// `backup` made no copy (the target exists, the database cannot be read, …).
+    #[error(transparent)]
+    Backup(#[from] crate::store::sqlite::BackupError),
+    /// The command does not apply to the configured database (`backup` on PostgreSQL); the
+    /// message says what to use instead. Exit code 2, like a configuration error.
+    #[error("{0}")]
+    NotForThisDatabase(String),
 }
 
 impl CommandError {
+    /// The process's exit code for this failure: 2 when the configuration points the command at
+    /// a database it does not apply to, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::NotForThisDatabase(_) => 2,
+            _ => 1,
+        }
+    }
+
     fn store(context: &'static str) -> impl FnOnce(crate::store::StoreError) -> Self {
         move |source| Self::Store { context, source }
     }
@@ -203,6 +219,54 @@ pub async fn keys_list(config: &Config) -> Result<Vec<String>, CommandError> {
     Ok(lines)
 }
 
+/// `backup PATH`: a consistent copy of the configured SQLite database, made while a server may be
+/// writing to it, in the new file `path` (never over an existing one); the line printed on success. On PostgreSQL, or
+/// for a database in memory, it copies nothing and says what to do instead. Blocking.
+pub fn backup(config: &Config, path: &std::path::Path) -> Result<String, CommandError> {
+    let source = match &config.database {
+        DatabaseLocation::File(source) => source,
+        DatabaseLocation::Postgres(pg) => {
+            return Err(CommandError::NotForThisDatabase(format!(
+                "DATABASE_URL is a PostgreSQL database ({pg}); this command copies SQLite \
+                 databases only. Back it up with PostgreSQL's own tools: pg_dump \
+                 --format=custom --file={} \"$DATABASE_URL\" (restore it with pg_restore)",
+                shell_word(&path.display().to_string())
+            )));
+        }
+        DatabaseLocation::Memory => {
+            return Err(CommandError::NotForThisDatabase(
+                "DATABASE_URL is sqlite::memory:, a database that lives and dies inside the \
+                 server process; there is no file to back up"
+                    .into(),
+            ));
+        }
+    };
+    let summary = crate::store::sqlite::backup(source, path)?;
+    let users = match summary.users {
+        1 => "1 user".to_owned(),
+        n => format!("{n} users"),
+    };
+    Ok(format!(
+        "backed up {} to {}: {users}, schema version {}",
+        source.display(),
+        path.display(),
+        summary.schema_version
+    ))
+}
+
+/// `text` as one word for a POSIX shell: as it is when it is plain, else in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// The `keys` commands are for key pairs; HMAC keys are the secrets in the environment.
 fn require_key_pairs(config: &Config) -> Result<(), CommandError> {
     if crate::keys::is_asymmetric(config.jwt_algorithm) {
@@ -217,6 +281,13 @@ fn require_key_pairs(config: &Config) -> Result<(), CommandError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shell_words() {
+        assert_eq!(super::shell_word("/data/backup.dump"), "/data/backup.dump");
+        assert_eq!(super::shell_word("my dump's"), r"'my dump'\''s'");
+        assert_eq!(super::shell_word(""), "''");
+    }
+
     #[test]
     fn rfc3339_of_unix_seconds() {
         assert_eq!(crate::tokens::rfc3339(0), "1970-01-01T00:00:00Z");

@@ -1,8 +1,10 @@
 //! Configuration from the environment (and a `.env` file, which the process environment overrides).
 //!
-//! `envy` reads the variables into [`RawConfig`]; [`Config::from_vars`] then checks every value and
-//! refuses the start with a message that names the variable. Nothing here reads the process
-//! environment by itself, so tests build configurations from plain lists of pairs.
+//! [`Config::from_vars`] takes our variables, every one as the text given, and checks each value,
+//! numbers included, refusing the start with a message in plain words that names the variable,
+//! what it needs and the value given (`PORT must be a number from 1 to 65535, not "abc"`); no
+//! parser's wording reaches the operator. Nothing here reads the process environment by itself,
+//! so tests build configurations from plain lists of pairs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
 
 /// Values that the tutorial and common examples use as placeholders. A server that signs with one of
 /// them hands out tokens anyone can forge, so they are refused even when they are long enough.
@@ -36,37 +37,75 @@ fn bad(var: &str, why: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{var} {why}"))
 }
 
-/// The variables as `envy` reads them; numbers are parsed by envy, whose messages name the variable.
-#[derive(Debug, Default, Deserialize)]
+/// Our variables as given, each as text (numbers too: [`number`] reads them, so that a bad one
+/// is refused in our words).
+#[derive(Debug, Default)]
 struct RawConfig {
     jwt_secret: Option<String>,
     jwt_previous_secrets: Option<String>,
     jwt_algorithm: Option<String>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
-    access_token_expire_minutes: Option<i64>,
-    refresh_token_expire_days: Option<i64>,
+    access_token_expire_minutes: Option<String>,
+    refresh_token_expire_days: Option<String>,
     refresh_token_cookie: Option<String>,
     database_url: Option<String>,
-    database_max_connections: Option<i64>,
+    database_max_connections: Option<String>,
     host: Option<String>,
-    port: Option<u16>,
-    password_min_length: Option<i64>,
-    bcrypt_cost: Option<i64>,
+    port: Option<String>,
+    password_min_length: Option<String>,
+    bcrypt_cost: Option<String>,
     log_format: Option<String>,
     rust_log: Option<String>,
     cors_origins: Option<String>,
     trusted_proxies: Option<String>,
-    login_max_failures: Option<i64>,
+    login_max_failures: Option<String>,
     public_url: Option<String>,
     verify_email_url: Option<String>,
     reset_password_url: Option<String>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
-    email_verify_expire_hours: Option<i64>,
-    password_reset_expire_minutes: Option<i64>,
+    email_verify_expire_hours: Option<String>,
+    password_reset_expire_minutes: Option<String>,
     require_email_verification: Option<String>,
     registration: Option<String>,
+}
+
+impl RawConfig {
+    /// Takes our variables (upper-case names) out of `vars`; any other name is not ours.
+    fn take(mut vars: HashMap<String, String>) -> Self {
+        let mut take = |name: &str| vars.remove(name);
+        Self {
+            jwt_secret: take("JWT_SECRET"),
+            jwt_previous_secrets: take("JWT_PREVIOUS_SECRETS"),
+            jwt_algorithm: take("JWT_ALGORITHM"),
+            jwt_issuer: take("JWT_ISSUER"),
+            jwt_audience: take("JWT_AUDIENCE"),
+            access_token_expire_minutes: take("ACCESS_TOKEN_EXPIRE_MINUTES"),
+            refresh_token_expire_days: take("REFRESH_TOKEN_EXPIRE_DAYS"),
+            refresh_token_cookie: take("REFRESH_TOKEN_COOKIE"),
+            database_url: take("DATABASE_URL"),
+            database_max_connections: take("DATABASE_MAX_CONNECTIONS"),
+            host: take("HOST"),
+            port: take("PORT"),
+            password_min_length: take("PASSWORD_MIN_LENGTH"),
+            bcrypt_cost: take("BCRYPT_COST"),
+            log_format: take("LOG_FORMAT"),
+            rust_log: take("RUST_LOG"),
+            cors_origins: take("CORS_ORIGINS"),
+            trusted_proxies: take("TRUSTED_PROXIES"),
+            login_max_failures: take("LOGIN_MAX_FAILURES"),
+            public_url: take("PUBLIC_URL"),
+            verify_email_url: take("VERIFY_EMAIL_URL"),
+            reset_password_url: take("RESET_PASSWORD_URL"),
+            smtp_url: take("SMTP_URL"),
+            mail_from: take("MAIL_FROM"),
+            email_verify_expire_hours: take("EMAIL_VERIFY_EXPIRE_HOURS"),
+            password_reset_expire_minutes: take("PASSWORD_RESET_EXPIRE_MINUTES"),
+            require_email_verification: take("REQUIRE_EMAIL_VERIFICATION"),
+            registration: take("REGISTRATION"),
+        }
+    }
 }
 
 /// Where the database lives: a SQLite file or memory, or a PostgreSQL server.
@@ -423,18 +462,11 @@ impl Config {
     /// Reads `.env` from the working directory (if present) under the process environment, which
     /// wins, and checks the result.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut vars: HashMap<String, String> = HashMap::new();
-        match dotenvy::from_path_iter(".env") {
-            Ok(iter) => {
-                for item in iter {
-                    let (key, value) =
-                        item.map_err(|e| ConfigError(format!(".env could not be read: {e}")))?;
-                    vars.insert(key, value);
-                }
-            }
-            Err(e) if e.not_found() => {}
+        let mut vars: HashMap<String, String> = match std::fs::read(".env") {
+            Ok(bytes) => read_dotenv(&bytes)?.into_iter().collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(ConfigError(format!(".env could not be read: {e}"))),
-        }
+        };
         // Variables whose value is not Unicode are skipped here; none of ours can be like that.
         vars.extend(
             std::env::vars_os()
@@ -451,19 +483,13 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        // Only our own upper-case names: envy lower-cases keys, and an unrelated `port` (lower
-        // case) must not shadow `PORT`.
-        // A later pair wins over an earlier one of the same name.
-        let ours: HashMap<String, String> = vars
+        // A later pair wins over an earlier one of the same name. Names are matched exactly: an
+        // unrelated `port` (lower case) is not `PORT`.
+        let vars: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _): &(String, String)| {
-                k.chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-            })
             .collect();
-        let raw: RawConfig = envy::from_iter(ours).map_err(|e| ConfigError(e.to_string()))?;
-        Self::check(raw)
+        Self::check(RawConfig::take(vars))
     }
 
     fn check(raw: RawConfig) -> Result<Self, ConfigError> {
@@ -565,16 +591,16 @@ impl Config {
         let jwt_issuer = non_empty("JWT_ISSUER", raw.jwt_issuer)?;
         let jwt_audience = non_empty("JWT_AUDIENCE", raw.jwt_audience)?;
 
-        let access_token_minutes = in_range(
+        let access_token_minutes = number(
             "ACCESS_TOKEN_EXPIRE_MINUTES",
-            raw.access_token_expire_minutes,
+            raw.access_token_expire_minutes.as_deref(),
             60,
             1,
             60 * 24 * 365,
         )?;
-        let refresh_token_days = in_range(
+        let refresh_token_days = number(
             "REFRESH_TOKEN_EXPIRE_DAYS",
-            raw.refresh_token_expire_days,
+            raw.refresh_token_expire_days.as_deref(),
             14,
             1,
             3650,
@@ -584,9 +610,9 @@ impl Config {
             DatabaseLocation::parse(raw.database_url.as_deref().unwrap_or("sqlite:///./app.db"))
                 .map_err(|why| bad("DATABASE_URL", why))?;
 
-        let database_max_connections = in_range(
+        let database_max_connections = number(
             "DATABASE_MAX_CONNECTIONS",
-            raw.database_max_connections,
+            raw.database_max_connections.as_deref(),
             16,
             1,
             1000,
@@ -602,11 +628,21 @@ impl Config {
                 )
             })?,
         };
-        let port = raw.port.unwrap_or(8000);
+        // PORT=0 (any free port; the "listening on" line says which) is for tests, and not
+        // advertised.
+        let port = match raw.port.as_deref() {
+            Some(text) if text.trim() == "0" => 0,
+            text => number("PORT", text, 8000, 1, u32::from(u16::MAX))? as u16,
+        };
 
-        let password_min_length =
-            in_range("PASSWORD_MIN_LENGTH", raw.password_min_length, 8, 8, 64)? as usize;
-        let bcrypt_cost = in_range("BCRYPT_COST", raw.bcrypt_cost, 12, 4, 31)?;
+        let password_min_length = number(
+            "PASSWORD_MIN_LENGTH",
+            raw.password_min_length.as_deref(),
+            8,
+            8,
+            64,
+        )? as usize;
+        let bcrypt_cost = number("BCRYPT_COST", raw.bcrypt_cost.as_deref(), 12, 4, 31)?;
 
         let log_format = match raw.log_format.as_deref().map(str::trim) {
             None | Some("pretty") => LogFormat::Pretty,
@@ -619,8 +655,15 @@ impl Config {
             }
         };
         let rust_log = raw.rust_log.unwrap_or_else(|| "info".to_owned());
-        tracing_subscriber::EnvFilter::try_new(&rust_log)
-            .map_err(|e| bad("RUST_LOG", format!("is not a valid filter: {e}")))?;
+        // The parser's own message names its internals: say it plainly, with examples.
+        tracing_subscriber::EnvFilter::try_new(&rust_log).map_err(|_| {
+            bad(
+                "RUST_LOG",
+                format!(
+                    "is not a valid log filter (e.g. info, or warp_auth_api=debug,info): {rust_log:?}"
+                ),
+            )
+        })?;
 
         let mut trusted_proxies = Vec::new();
         for entry in raw
@@ -667,9 +710,9 @@ impl Config {
             cors_origins.push(origin.to_owned());
         }
 
-        let login_max_failures = in_range(
+        let login_max_failures = number(
             "LOGIN_MAX_FAILURES",
-            raw.login_max_failures,
+            raw.login_max_failures.as_deref(),
             10,
             0,
             1_000_000,
@@ -750,6 +793,125 @@ impl Config {
     }
 }
 
+/// The `NAME=value` pairs of a `.env` file, in order, as dotenvy reads them. A line it cannot read
+/// is refused as `.env line N: <why>`, N counted from 1; the line itself is never quoted (its
+/// value may be a secret).
+fn read_dotenv(bytes: &[u8]) -> Result<Vec<(String, String)>, ConfigError> {
+    // dotenvy's error holds the line's text but not its number. It reads through a `BufReader`,
+    // which asks its reader for more only once it has used up what it holds; handed one line per
+    // read, it has read exactly up to the end of the line at fault when it fails.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    let last_line = std::rc::Rc::new(std::cell::Cell::new(0));
+    let reader = LineByLine {
+        lines: lines.iter().copied(),
+        pending: &[],
+        line: 0,
+        last_line: last_line.clone(),
+    };
+    let at = |line: usize, why: &str| ConfigError(format!(".env line {line}: {why}"));
+    let mut pairs = Vec::new();
+    for item in dotenvy::from_read_iter(reader) {
+        match item {
+            Ok(pair) => pairs.push(pair),
+            Err(dotenvy::Error::LineParse(text, _)) => {
+                // The text is the line (or its value), or, for a quote left open, every line
+                // from it to the end; a line break in it means the line began that much earlier.
+                let breaks = text
+                    .strip_suffix('\n')
+                    .unwrap_or(&text)
+                    .matches('\n')
+                    .count();
+                let end = last_line.get();
+                let start = end.saturating_sub(breaks).max(1);
+                let logical: Vec<u8> = lines[start - 1..end.min(lines.len())].concat();
+                return Err(at(start, dotenv_reason(&String::from_utf8_lossy(&logical))));
+            }
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(at(last_line.get().max(1), "is not UTF-8 text"));
+            }
+            Err(e) => return Err(ConfigError(format!(".env could not be read: {e}"))),
+        }
+    }
+    Ok(pairs)
+}
+
+/// Hands out a file one line at a time, at most a line per read, and notes the number of the
+/// line it handed out last.
+struct LineByLine<'a, I: Iterator<Item = &'a [u8]>> {
+    lines: I,
+    pending: &'a [u8],
+    line: usize,
+    last_line: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> std::io::Read for LineByLine<'a, I> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            let Some(next) = self.lines.next() else {
+                return Ok(0);
+            };
+            self.pending = next;
+            self.line += 1;
+            self.last_line.set(self.line);
+        }
+        let n = self.pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending = &self.pending[n..];
+        Ok(n)
+    }
+}
+
+/// Why dotenvy could not read `line` (one logical line: a quoted value may span several), in a
+/// few words that never quote it.
+fn dotenv_reason(line: &str) -> &'static str {
+    const EXPECTED: &str = "expected NAME=value";
+    let line = line.trim_start();
+    let line = match line.strip_prefix("export") {
+        Some(rest) if rest.starts_with([' ', '\t']) => rest.trim_start(),
+        _ => line,
+    };
+    if !line.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        return "expected NAME=value, the name starting with a letter or _";
+    }
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(line.len());
+    let Some(value) = line[name_end..].trim_start().strip_prefix('=') else {
+        return EXPECTED;
+    };
+    let mut quote = None;
+    let mut chars = value.trim().chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => {
+                if !matches!(chars.next(), Some('\\' | '\'' | '"' | '$' | ' ' | 'n')) {
+                    return "an unknown escape: after \\ may come \\, ', \", $, n or a space";
+                }
+            }
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, ' ' | '\t') => {
+                if !chars.as_str().trim_start().starts_with('#') {
+                    return "a value with spaces must be in quotes";
+                }
+                // The rest is a comment.
+                break;
+            }
+            (None, _) => {}
+        }
+    }
+    if quote.is_some() {
+        return "a quote is not closed";
+    }
+    if value.contains("${") && !value.contains('}') {
+        return "a ${ is not closed by }";
+    }
+    EXPECTED
+}
+
 /// The mail variables, taken out of the raw configuration.
 struct RawMail {
     public_url: Option<String>,
@@ -757,8 +919,8 @@ struct RawMail {
     reset_password_url: Option<String>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
-    verify_hours: Option<i64>,
-    reset_minutes: Option<i64>,
+    verify_hours: Option<String>,
+    reset_minutes: Option<String>,
 }
 
 fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings, ConfigError> {
@@ -838,16 +1000,16 @@ fn mail_settings(raw: &RawMail, host: IpAddr, port: u16) -> Result<MailSettings,
         reset_password_url,
         smtp,
         from,
-        verify_hours: in_range(
+        verify_hours: number(
             "EMAIL_VERIFY_EXPIRE_HOURS",
-            raw.verify_hours,
+            raw.verify_hours.as_deref(),
             24,
             1,
             24 * 30,
         )?,
-        reset_minutes: in_range(
+        reset_minutes: number(
             "PASSWORD_RESET_EXPIRE_MINUTES",
-            raw.reset_minutes,
+            raw.reset_minutes.as_deref(),
             30,
             5,
             24 * 60,
@@ -875,22 +1037,25 @@ fn boolean(var: &str, value: Option<&str>, default: bool) -> Result<bool, Config
     }
 }
 
-fn in_range(
+/// A whole number from `min` to `max` (`default` when unset). One wording for every variable,
+/// whether the value is not a number or out of range, naming the range and the value as given.
+fn number(
     var: &str,
-    value: Option<i64>,
+    value: Option<&str>,
     default: u32,
     min: u32,
     max: u32,
 ) -> Result<u32, ConfigError> {
-    let value = value.unwrap_or(i64::from(default));
-    if value < i64::from(min) || value > i64::from(max) {
-        return Err(bad(
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(bad(
             var,
-            format!("must be between {min} and {max}, not {value}"),
-        ));
+            format!("must be a number from {min} to {max}, not {text:?}"),
+        )),
     }
-    // In range, so it fits.
-    Ok(value as u32)
 }
 
 #[cfg(test)]
@@ -1008,6 +1173,140 @@ mod tests {
             let err = cfg(&[(var, value)]).expect_err(&format!("{var}={value} must be refused"));
             assert!(err.to_string().contains(var), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_in_one_plain_wording() {
+        let said = |var: &str, value: &str| cfg(&[(var, value)]).unwrap_err().to_string();
+        assert!(
+            said("PORT", "abc").ends_with(r#"PORT must be a number from 1 to 65535, not "abc""#),
+            "{}",
+            said("PORT", "abc")
+        );
+        for (var, value, range) in [
+            ("PORT", "70000", "1 to 65535"),
+            ("PORT", "-1", "1 to 65535"),
+            ("BCRYPT_COST", "x", "4 to 31"),
+            ("BCRYPT_COST", "3", "4 to 31"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "0", "1 to 525600"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "1.5", "1 to 525600"),
+            (
+                "REFRESH_TOKEN_EXPIRE_DAYS",
+                "99999999999999999999",
+                "1 to 3650",
+            ),
+            ("DATABASE_MAX_CONNECTIONS", "", "1 to 1000"),
+            ("PASSWORD_MIN_LENGTH", "ten", "8 to 64"),
+            ("LOGIN_MAX_FAILURES", "-1", "0 to 1000000"),
+            ("EMAIL_VERIFY_EXPIRE_HOURS", "1d", "1 to 720"),
+            ("PASSWORD_RESET_EXPIRE_MINUTES", "4", "5 to 1440"),
+        ] {
+            let message = said(var, value);
+            assert!(
+                message.ends_with(&format!(
+                    "{var} must be a number from {range}, not {value:?}"
+                )),
+                "{var}={value}: {message}"
+            );
+            for parser_word in [
+                "invalid digit",
+                "invalid type",
+                "ParseIntError",
+                "number too large",
+                "expected",
+                "envy",
+            ] {
+                assert!(!message.contains(parser_word), "{var}={value}: {message}");
+            }
+        }
+        // Surrounding blanks are forgiven; PORT=0 (any free port) is for tests.
+        let c = cfg(&[("PORT", " 9000 "), ("BCRYPT_COST", "4")]).unwrap();
+        assert_eq!((c.port, c.bcrypt_cost), (9000, 4));
+        assert_eq!(cfg(&[("PORT", "0")]).unwrap().port, 0);
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused_in_plain_words() {
+        let message = cfg(&[("RUST_LOG", "foo=bar=baz")]).unwrap_err().to_string();
+        assert!(
+            message.ends_with(
+                r#"RUST_LOG is not a valid log filter (e.g. info, or warp_auth_api=debug,info): "foo=bar=baz""#
+            ),
+            "{message}"
+        );
+        assert!(cfg(&[("RUST_LOG", "warp_auth_api=debug,info")]).is_ok());
+    }
+
+    fn dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
+        read_dotenv(text.as_bytes()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn a_dotenv_file_gives_its_pairs_in_order() {
+        let pairs = dotenv(
+            "# a comment\n\nPORT=9000\nexport LOG_FORMAT=json # trailing\r\nMAIL_FROM=\"A <a@b.c>\"\n\
+             SMTP_URL='x\ny'\nLAST=1",
+        )
+        .unwrap();
+        let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["PORT", "LOG_FORMAT", "MAIL_FROM", "SMTP_URL", "LAST"]
+        );
+        assert_eq!(pairs[1].1, "json");
+        assert_eq!(pairs[2].1, "A <a@b.c>");
+        assert_eq!(pairs[3].1, "x\ny");
+        assert_eq!(dotenv("\u{feff}PORT=1").unwrap()[0].0, "PORT");
+        assert!(dotenv("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_dotenv_line_is_named_by_number_and_never_quoted() {
+        let cases = [
+            (
+                "PORT=9000\nthis is not an assignment\n",
+                "line 2: expected NAME=value",
+            ),
+            ("PORT=9000\nSECRET_WORD\n", "line 2: expected NAME=value"),
+            (
+                "# c\n\nPORT=9000\n1SECRET=x\n",
+                "line 4: expected NAME=value, the name",
+            ),
+            (
+                "A=1\nJWT_SECRET=two secret words\n",
+                "line 2: a value with spaces must be in quotes",
+            ),
+            (
+                "A=1\r\nB=2\r\nJWT_SECRET=\"secret-unclosed\n",
+                "line 3: a quote is not closed",
+            ),
+            (
+                "A=1\nJWT_SECRET='secret\nstill secret\n\n",
+                "line 2: a quote is not closed",
+            ),
+            (
+                "A='x\ny'\nB=\"z\nw\"\nJWT_SECRET=secret\\q\n",
+                "line 5: an unknown escape",
+            ),
+            ("A=1\nB=${secret", "line 2: a ${ is not closed by }"),
+            (
+                "A=1\nB=\"ok\" and secret",
+                "line 2: a value with spaces must be in quotes",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = dotenv(text).expect_err(text);
+            assert!(
+                message.starts_with(&format!(".env {expected}")),
+                "{text:?}: {message}"
+            );
+            assert!(!message.contains("secret"), "{text:?}: {message}");
+        }
+        let message = read_dotenv(b"A=1\nB=\xff\n").unwrap_err().0;
+        assert_eq!(message, ".env line 2: is not UTF-8 text");
+        // A long line is still one line.
+        let long = format!("A=1\nB={}\nC=secret value\n", "x".repeat(20_000));
+        assert!(dotenv(&long).unwrap_err().starts_with(".env line 3: "));
     }
 
     #[test]

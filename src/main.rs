@@ -1,4 +1,5 @@
-//! The `warp-auth-api` command: `serve` (the default) runs the HTTP server.
+//! The `warp-auth-api` command: `serve` (the default) runs the HTTP server; the others
+//! (`create-admin`, `keys`, `backup`, `healthcheck`, `openapi`) work beside it.
 
 use std::process::ExitCode;
 
@@ -38,6 +39,13 @@ enum Command {
     Openapi,
     /// Ask the running server's /health/ready (at HOST/PORT); exit 0 when ready, 1 otherwise.
     Healthcheck,
+    /// Copy the SQLite database (DATABASE_URL) to PATH, consistent while the server runs
+    /// (SQLite's online backup); an existing PATH is never overwritten. On PostgreSQL it says to
+    /// use pg_dump.
+    Backup {
+        /// The new file to write the copy to (created readable by its owner only).
+        path: std::path::PathBuf,
+    },
     /// The signing keys of an asymmetric JWT_ALGORITHM (EdDSA, ES256, RS256), in the database.
     Keys {
         #[command(subcommand)]
@@ -81,6 +89,7 @@ fn main() -> ExitCode {
         Command::Serve => runtime.block_on(serve(config)),
         Command::Healthcheck => runtime.block_on(healthcheck(&config)),
         Command::Openapi => Ok(()),
+        Command::Backup { path } => commands::backup(&config, &path).map(|line| println!("{line}")),
         Command::Keys { action } => runtime.block_on(async {
             match action {
                 KeysAction::Rotate => commands::keys_rotate(&config).await,
@@ -113,9 +122,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("warp-auth-api: {message}");
-            ExitCode::FAILURE
+        Err(error) => {
+            eprintln!("warp-auth-api: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

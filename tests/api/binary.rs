@@ -413,6 +413,60 @@ fn a_bad_variable_stops_the_start_with_its_name() {
 }
 
 #[test]
+fn bad_numbers_and_log_filters_are_refused_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, expected) in [
+        (
+            "PORT",
+            "abc",
+            r#"PORT must be a number from 1 to 65535, not "abc""#,
+        ),
+        (
+            "BCRYPT_COST",
+            "x",
+            r#"BCRYPT_COST must be a number from 4 to 31, not "x""#,
+        ),
+        (
+            "RUST_LOG",
+            "foo=bar=baz",
+            r#"RUST_LOG is not a valid log filter (e.g. info, or warp_auth_api=debug,info): "foo=bar=baz""#,
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{var}={value}: {stderr}");
+        assert!(!stderr.contains("invalid digit"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_bad_dotenv_line_stops_the_start_naming_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "PASSWORD_MIN_LENGTH=20\nJWT_SECRET=hunter2 hunter2\n# a comment\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(".env line 2: a value with spaces must be in quotes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the line was quoted: {stderr}");
+}
+
+#[test]
 fn a_dotenv_file_is_read_and_the_environment_wins() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(

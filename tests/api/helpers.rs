@@ -141,6 +141,16 @@ pub fn sqlite_only(what: &str) -> bool {
     true
 }
 
+/// Whether this test checks what only PostgreSQL has (what a command says about it, say): on
+/// SQLite it is skipped, and says so.
+pub fn postgres_only(what: &str) -> bool {
+    if BACKEND == Backend::Postgres {
+        return false;
+    }
+    eprintln!("skipped on {BACKEND:?}: {what} is PostgreSQL's alone");
+    true
+}
+
 /// The configuration tests use: a fixed secret, a cheap bcrypt cost, a database in `dir`.
 pub fn test_config(dir: &TempDir, vars: &[(&str, &str)]) -> Config {
     let mut all: Vec<(String, String)> = vec![

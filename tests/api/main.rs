@@ -28,6 +28,8 @@ mod sqlite {
     mod admin;
     #[path = "auth.rs"]
     mod auth;
+    #[path = "backup.rs"]
+    mod backup;
     #[path = "binary.rs"]
     pub mod binary;
     #[path = "cookies.rs"]
@@ -73,6 +75,8 @@ mod postgres {
     mod admin;
     #[path = "auth.rs"]
     mod auth;
+    #[path = "backup.rs"]
+    mod backup;
     #[path = "binary.rs"]
     pub mod binary;
     #[path = "cookies.rs"]

@@ -6,6 +6,7 @@
 //! migrations under `migrations/sqlite/` are applied at start; the version is kept in
 //! `PRAGMA user_version` and checked, so an older binary refuses a newer database.
 
+mod backup;
 mod keys;
 mod mail;
 mod mfa;
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use tokio_rusqlite::Connection;
 use tokio_rusqlite::rusqlite::{self, ErrorCode, Row, TransactionBehavior};
+
+pub use backup::{BackupError, BackupSummary, backup};
 
 use super::{OpenError, Role, StoreError, User};
 use crate::config::DatabaseLocation;
