@@ -148,6 +148,7 @@ async fn make_admin(
         (None, Existing::Refuse) => {
             let password = read_password()?;
             password::check_new_password(&password, config.password_min_length)
+                .and_then(|()| password::check_personal(&password, &email))
                 .map_err(|why| CommandError::Refused(format!("the password {why}")))?;
             let hasher = PasswordHasher::new(config.bcrypt_cost, 1, 1)
                 .map_err(|e| CommandError::Start(e.into()))?;

@@ -102,13 +102,23 @@ pub fn body_of(
 ) -> impl Filter<Extract = (BodyKind, Bytes), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::header::optional::<String>("content-type"))
+        .and(warp::header::optional::<String>("transfer-encoding"))
         .and_then(
-            move |length: Option<u64>, content_type: Option<String>| async move {
+            move |length: Option<u64>, content_type: Option<String>, chunked: Option<String>| async move {
                 if length.is_some_and(|n| n > BODY_LIMIT as u64) {
                     return Err(Rejection::from(ApiError::PayloadTooLarge));
                 }
+                // No body and no type at all: read as an empty JSON object, so that the answer
+                // is a 400 naming what is missing rather than a 415 about a type never sent.
+                if content_type.is_none()
+                    && length.unwrap_or(0) == 0
+                    && chunked.is_none()
+                    && accepted.contains(&BodyKind::Json)
+                {
+                    return Ok(None);
+                }
                 match content_type.as_deref().and_then(BodyKind::of) {
-                    Some(kind) if accepted.contains(&kind) => Ok(kind),
+                    Some(kind) if accepted.contains(&kind) => Ok(Some(kind)),
                     _ => Err(ApiError::UnsupportedMediaType(
                         if accepted.contains(&BodyKind::Form) {
                             "Send application/json or application/x-www-form-urlencoded"
@@ -121,7 +131,10 @@ pub fn body_of(
             },
         )
         .and(warp::body::stream())
-        .and_then(|kind: BodyKind, stream| async move {
+        .and_then(|kind: Option<BodyKind>, stream| async move {
+            let Some(kind) = kind else {
+                return Ok::<_, Rejection>((BodyKind::Json, Bytes::from_static(b"{}")));
+            };
             let bytes = read_limited(stream).await?;
             Ok::<_, Rejection>((kind, bytes))
         })

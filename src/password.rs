@@ -54,6 +54,28 @@ pub fn check_new_password(password: &str, min_chars: usize) -> Result<(), String
     Ok(())
 }
 
+/// The rules that need the account: a password that contains its email, the email's local part
+/// (4 characters or more) or the service's name, ignoring case, is refused. The message never
+/// quotes the password.
+pub fn check_personal(password: &str, email: &str) -> Result<(), String> {
+    let password = password.to_lowercase();
+    let email = email.trim().to_lowercase();
+    if !email.is_empty() && password.contains(&email) {
+        return Err("must not contain the email address".into());
+    }
+    let local = email.split('@').next().unwrap_or_default();
+    if local.chars().count() >= 4 && password.contains(local) {
+        return Err("must not contain the name part of the email address".into());
+    }
+    if ["warp-auth-api", "warpauthapi", "warp_auth_api"]
+        .iter()
+        .any(|name| password.contains(name))
+    {
+        return Err("must not contain the service's name".into());
+    }
+    Ok(())
+}
+
 enum Job {
     Hash {
         password: String,

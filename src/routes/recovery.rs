@@ -322,11 +322,14 @@ pub(crate) async fn reset_password(body: ResetIn, state: AppState) -> Result<Res
     let now = crate::tokens::now_seconds();
     // Checked before the password is hashed, so a bad link costs no bcrypt; used in the
     // transaction that sets the password, so a link used twice at once works once.
-    state
+    let (_, email) = state
         .store
         .reset_token_user(hash, now)
         .await?
         .ok_or_else(bad_link)?;
+    crate::password::check_personal(&body.new_password, &email).map_err(|message| {
+        ApiError::Validation(vec![crate::error::FieldError::new("new_password", message)])
+    })?;
     let new_hash = state.hasher.hash(body.new_password).await?;
     let user_id = state
         .store

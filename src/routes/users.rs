@@ -315,6 +315,8 @@ fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
     )
 )]
 pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Response, Rejection> {
+    crate::password::check_personal(&body.password, &body.email)
+        .map_err(|message| ApiError::Validation(vec![FieldError::new("password", message)]))?;
     // A cheap check first, so that a taken email costs no hashing; the unique index still
     // decides when two registrations race.
     if state.store.email_exists(body.email.clone()).await? {
@@ -720,6 +722,8 @@ pub(crate) async fn change_password(
     body: PasswordChangeIn,
     state: AppState,
 ) -> Result<Response, Rejection> {
+    crate::password::check_personal(&body.new_password, &auth.user.email)
+        .map_err(|message| ApiError::Validation(vec![FieldError::new("new_password", message)]))?;
     // Guessing the current password with a stolen access token is throttled like a login.
     let attempt = state.throttle.begin(&auth.user.email, None).await?;
     let stored = state

@@ -540,12 +540,13 @@ impl Store {
         dispatch!(self.verify_email(hash, now))
     }
 
-    /// The user a live reset token is for (checked before the new password is hashed).
+    /// The user (id and email) a live reset token is for (checked before the new password is
+    /// hashed).
     pub async fn reset_token_user(
         &self,
         hash: [u8; 32],
         now: u64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<(i64, String)>, StoreError> {
         dispatch!(self.reset_token_user(hash, now))
     }
 

@@ -415,3 +415,64 @@ async fn a_full_name_with_a_control_character_is_refused_on_either_backend() {
     r.problem(400);
     assert_eq!(r.error_fields(), ["full_name"]);
 }
+
+#[tokio::test]
+async fn a_password_holding_the_email_its_name_or_the_service_name_is_refused() {
+    let app = TestApp::new().await;
+    for password in [
+        "x-Alice.Liddell@Example.com-1",
+        "my-alice.liddell-pass",
+        "Warp-Auth-Api-2026!",
+    ] {
+        let r = app.register("alice.liddell@example.com", password).await;
+        r.problem(400);
+        assert_eq!(r.error_fields(), ["password"], "{password}");
+        assert!(!String::from_utf8_lossy(&r.body).contains(password));
+    }
+    // A short local part (under 4 characters) is no rule.
+    app.register("bo@example.com", "bo-Str0ng-pass-1")
+        .await
+        .assert_status(201);
+    let token = app.token("carol@example.com").await;
+    let change = app
+        .authed(
+            "PUT",
+            "/api/v1/users/me/password",
+            &token,
+            Some(json!({"current_password": PASSWORD, "new_password": "Carol-is-here-99"})),
+        )
+        .await;
+    change.problem(400);
+    assert_eq!(change.error_fields(), ["new_password"]);
+}
+
+#[tokio::test]
+async fn a_json_endpoint_sent_nothing_names_what_is_missing() {
+    let app = TestApp::new().await;
+    for path in ["/api/v1/users/register", "/api/v1/users/login", "/api/v1/users/password/forgot"] {
+        let r = app
+            .send(warp::test::request().method("POST").path(path))
+            .await;
+        r.problem(400);
+        assert_eq!(r.error_fields(), ["email"], "{path}");
+    }
+    let r = app
+        .send(
+            warp::test::request()
+                .method("POST")
+                .path("/api/v1/users/refresh"),
+        )
+        .await;
+    assert_eq!(r.error_fields(), ["refresh_token"]);
+    // A body of another type is still 415.
+    let r = app
+        .send(
+            warp::test::request()
+                .method("POST")
+                .path("/api/v1/users/register")
+                .header("content-type", "text/plain")
+                .body("hello"),
+        )
+        .await;
+    r.problem(415);
+}

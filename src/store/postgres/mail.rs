@@ -118,16 +118,16 @@ impl PostgresStore {
         &self,
         hash: [u8; 32],
         now: u64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<(i64, String)>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT user_id FROM mail_tokens
-                 WHERE hash = $1 AND kind = 'reset_password' AND expires_at > $2",
+                "SELECT t.user_id, u.email FROM mail_tokens t JOIN users u ON u.id = t.user_id
+                 WHERE t.hash = $1 AND t.kind = 'reset_password' AND t.expires_at > $2",
             )
             .await?;
         let row = client.query_opt(&stmt, &[&&hash[..], &to_i64(now)]).await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
     pub async fn reset_password(

@@ -111,13 +111,14 @@ impl SqliteStore {
         &self,
         hash: [u8; 32],
         now: u64,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<(i64, String)>, StoreError> {
         let now = to_i64(now);
         self.read(move |c| {
             Ok(c.prepare_cached(
-                "SELECT user_id FROM mail_tokens WHERE hash = ?1 AND kind = 'reset_password' AND expires_at > ?2",
+                "SELECT t.user_id, u.email FROM mail_tokens t JOIN users u ON u.id = t.user_id
+                 WHERE t.hash = ?1 AND t.kind = 'reset_password' AND t.expires_at > ?2",
             )?
-            .query_row(params![&hash[..], now], |r| r.get(0))
+            .query_row(params![&hash[..], now], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
         })
         .await
