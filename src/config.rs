@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use jsonwebtoken::Algorithm;
+use serde::Deserialize;
 
 /// Values that the tutorial and common examples use as placeholders. A server that signs with one of
 /// them hands out tokens anyone can forge, so they are refused even when they are long enough.
@@ -37,9 +38,9 @@ fn bad(var: &str, why: impl fmt::Display) -> ConfigError {
     ConfigError(format!("{var} {why}"))
 }
 
-/// Our variables as given, each as text (numbers too: [`number`] reads them, so that a bad one
-/// is refused in our words).
-#[derive(Debug, Default)]
+/// Our variables as given, read by `envy`, each as text (numbers too: [`number`] reads them, so
+/// that a bad one is refused in our words, not a parser's).
+#[derive(Debug, Default, Deserialize)]
 struct RawConfig {
     jwt_secret: Option<String>,
     jwt_previous_secrets: Option<String>,
@@ -69,43 +70,6 @@ struct RawConfig {
     password_reset_expire_minutes: Option<String>,
     require_email_verification: Option<String>,
     registration: Option<String>,
-}
-
-impl RawConfig {
-    /// Takes our variables (upper-case names) out of `vars`; any other name is not ours.
-    fn take(mut vars: HashMap<String, String>) -> Self {
-        let mut take = |name: &str| vars.remove(name);
-        Self {
-            jwt_secret: take("JWT_SECRET"),
-            jwt_previous_secrets: take("JWT_PREVIOUS_SECRETS"),
-            jwt_algorithm: take("JWT_ALGORITHM"),
-            jwt_issuer: take("JWT_ISSUER"),
-            jwt_audience: take("JWT_AUDIENCE"),
-            access_token_expire_minutes: take("ACCESS_TOKEN_EXPIRE_MINUTES"),
-            refresh_token_expire_days: take("REFRESH_TOKEN_EXPIRE_DAYS"),
-            refresh_token_cookie: take("REFRESH_TOKEN_COOKIE"),
-            database_url: take("DATABASE_URL"),
-            database_max_connections: take("DATABASE_MAX_CONNECTIONS"),
-            host: take("HOST"),
-            port: take("PORT"),
-            password_min_length: take("PASSWORD_MIN_LENGTH"),
-            bcrypt_cost: take("BCRYPT_COST"),
-            log_format: take("LOG_FORMAT"),
-            rust_log: take("RUST_LOG"),
-            cors_origins: take("CORS_ORIGINS"),
-            trusted_proxies: take("TRUSTED_PROXIES"),
-            login_max_failures: take("LOGIN_MAX_FAILURES"),
-            public_url: take("PUBLIC_URL"),
-            verify_email_url: take("VERIFY_EMAIL_URL"),
-            reset_password_url: take("RESET_PASSWORD_URL"),
-            smtp_url: take("SMTP_URL"),
-            mail_from: take("MAIL_FROM"),
-            email_verify_expire_hours: take("EMAIL_VERIFY_EXPIRE_HOURS"),
-            password_reset_expire_minutes: take("PASSWORD_RESET_EXPIRE_MINUTES"),
-            require_email_verification: take("REQUIRE_EMAIL_VERIFICATION"),
-            registration: take("REGISTRATION"),
-        }
-    }
 }
 
 /// Where the database lives: a SQLite file or memory, or a PostgreSQL server.
@@ -483,13 +447,20 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        // A later pair wins over an earlier one of the same name. Names are matched exactly: an
-        // unrelated `port` (lower case) is not `PORT`.
-        let vars: HashMap<String, String> = vars
+        // A later pair wins over an earlier one of the same name. Only our own upper-case names:
+        // envy lower-cases keys, and an unrelated `port` (lower case) must not shadow `PORT`.
+        let ours: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _): &(String, String)| {
+                k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            })
             .collect();
-        Self::check(RawConfig::take(vars))
+        // Every field is text, so envy refuses nothing here; the checks below do, in our words.
+        let raw: RawConfig = envy::from_iter(ours)
+            .map_err(|e| ConfigError(format!("the environment could not be read: {e}")))?;
+        Self::check(raw)
     }
 
     fn check(raw: RawConfig) -> Result<Self, ConfigError> {

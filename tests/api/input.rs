@@ -449,7 +449,11 @@ async fn a_password_holding_the_email_its_name_or_the_service_name_is_refused() 
 #[tokio::test]
 async fn a_json_endpoint_sent_nothing_names_what_is_missing() {
     let app = TestApp::new().await;
-    for path in ["/api/v1/users/register", "/api/v1/users/login", "/api/v1/users/password/forgot"] {
+    for path in [
+        "/api/v1/users/register",
+        "/api/v1/users/login",
+        "/api/v1/users/password/forgot",
+    ] {
         let r = app
             .send(warp::test::request().method("POST").path(path))
             .await;
