@@ -668,7 +668,7 @@ pub fn text(out: &std::process::Output) -> String {
 fn create_admin_works_beside_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let admin_password = "Root-Password-42";
+    let admin_password = "Head-Password-42";
     // From the environment.
     let out = create_admin(dir.path(), " Root@Example.com ", Some(admin_password), None);
     assert!(out.status.success(), "{}", text(&out));

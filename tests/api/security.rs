@@ -244,13 +244,13 @@ fn an_admin_demoted_while_its_request_waits_is_refused() {
     let out = create_admin(
         dir.path(),
         "root@example.com",
-        Some("Root-Password-42"),
+        Some("Head-Password-42"),
         None,
     );
     assert!(out.status.success());
     let out = create_admin(dir.path(), "ops@example.com", Some("Ops-Password-42"), None);
     assert!(out.status.success());
-    let root = login(&server, "root@example.com", "Root-Password-42").expect(200);
+    let root = login(&server, "root@example.com", "Head-Password-42").expect(200);
     let member = register(&server, "bob@example.com");
     let path = format!("/api/v1/admin/users/{}", member["id"]);
     let auth = bearer(&root);
