@@ -34,8 +34,8 @@ token() { # email password -> access token
     -d "{\"email\":\"$1\",\"password\":\"$2\"}" "$base/api/v1/users/login" |
     "$PY" -c 'import json, sys; print(json.load(sys.stdin)["access_token"])'
 }
-ADMIN_PASSWORD=Admin-Checks-Pass1 "$BIN" create-admin --email admin@example.com
-admin=$(token admin@example.com Admin-Checks-Pass1)
+ADMIN_PASSWORD=Checks-Pass-Word1 "$BIN" create-admin --email admin@example.com
+admin=$(token admin@example.com Checks-Pass-Word1)
 member() { # a fresh member's access token (its password is the documented example)
   local email="member$RANDOM$RANDOM@example.com"
   curl -sf -X POST -H 'Content-Type: application/json' \

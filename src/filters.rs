@@ -132,8 +132,9 @@ pub fn body_of(
         )
         .and(warp::body::stream())
         .and_then(|kind: Option<BodyKind>, stream| async move {
+            // Nothing sent: an empty JSON body, which `parse_json_body` reads as `{}`.
             let Some(kind) = kind else {
-                return Ok::<_, Rejection>((BodyKind::Json, Bytes::from_static(b"{}")));
+                return Ok::<_, Rejection>((BodyKind::Json, Bytes::new()));
             };
             let bytes = read_limited(stream).await?;
             Ok::<_, Rejection>((kind, bytes))
@@ -184,8 +185,26 @@ where
     let rules = rules.clone();
     body_of(&[BodyKind::Json]).and_then(move |_kind, body: Bytes| {
         let rules = rules.clone();
-        async move { validation::parse_json::<T>(&body, &rules).map_err(Rejection::from) }
+        async move { parse_json_body::<T>(&body, &rules).map_err(Rejection::from) }
     })
+}
+
+/// A JSON body as `T`; a request that sent nothing (no body, no type) is read as `{}`, so that the
+/// answer names the fields it lacks, and is refused when `T` needs none (a body is still
+/// required: an empty PATCH is a mistake, not "change nothing").
+pub fn parse_json_body<T>(body: &[u8], rules: &Rules) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + for<'a> ValidateArgs<'a, Args = &'a Rules>,
+{
+    if !body.is_empty() {
+        return validation::parse_json::<T>(body, rules);
+    }
+    match validation::parse_json::<T>(b"{}", rules) {
+        Ok(_) => Err(ApiError::BadRequest(
+            "Send a JSON body (Content-Type: application/json)".into(),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Like [`json_body`], or `None` when the request has no body at all: no content type, and

@@ -255,7 +255,7 @@ fn login_body(
         let rules = rules.clone();
         async move {
             match kind {
-                BodyKind::Json => validation::parse_json::<LoginIn>(&body, &rules),
+                BodyKind::Json => crate::filters::parse_json_body::<LoginIn>(&body, &rules),
                 BodyKind::Form => parse_login_form(&body, &rules),
             }
             .map_err(Rejection::from)

@@ -468,6 +468,17 @@ async fn a_json_endpoint_sent_nothing_names_what_is_missing() {
         )
         .await;
     assert_eq!(r.error_fields(), ["refresh_token"]);
+    // Nothing sent where every field is optional: still a body is required.
+    let token = app.token("dan@example.com").await;
+    let r = app
+        .send(
+            warp::test::request()
+                .method("PATCH")
+                .path("/api/v1/users/me")
+                .header("authorization", format!("Bearer {token}")),
+        )
+        .await;
+    r.problem(400);
     // A body of another type is still 415.
     let r = app
         .send(
