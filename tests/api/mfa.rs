@@ -409,6 +409,16 @@ fn no_secret_or_code_reaches_the_log_at_debug() {
         None,
     )
     .expect(200);
+    // The lines come through a pipe read by another thread: wait for the last one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("login with a second factor"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let logs = server.log_lines().join("\n");
     for secret_text in [secret.as_str(), mfa.as_str(), PASSWORD]
         .into_iter()
