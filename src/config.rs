@@ -70,6 +70,8 @@ struct RawConfig {
     password_reset_expire_minutes: Option<String>,
     require_email_verification: Option<String>,
     registration: Option<String>,
+    metrics_addr: Option<String>,
+    audit_retention_days: Option<String>,
 }
 
 /// Where the database lives: a SQLite file or memory, or a PostgreSQL server.
@@ -262,6 +264,10 @@ pub struct Config {
     pub require_email_verification: bool,
     /// `false`: `POST /register` answers 403.
     pub registration_open: bool,
+    /// Where `/metrics` is served (its own listener, never the API's); `None`: no metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Audit events older than this many days are removed by housekeeping.
+    pub audit_retention_days: u32,
 }
 
 /// Mail: where its links point, how it is delivered, and how long its tokens live.
@@ -418,6 +424,8 @@ impl fmt::Debug for Config {
                 &self.require_email_verification,
             )
             .field("registration_open", &self.registration_open)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("audit_retention_days", &self.audit_retention_days)
             .finish()
     }
 }
@@ -729,6 +737,36 @@ impl Config {
                 ));
             }
         };
+        let metrics_addr = match raw.metrics_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => {
+                let addr = text.parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        "METRICS_ADDR",
+                        format!("must be an address and port such as 127.0.0.1:9100, not {text:?}"),
+                    )
+                })?;
+                if addr.port() != 0
+                    && addr.port() == port
+                    && (addr.ip() == host || addr.ip().is_unspecified() || host.is_unspecified())
+                {
+                    return Err(bad(
+                        "METRICS_ADDR",
+                        format!(
+                            "must not be the API's own address ({host}:{port}): metrics are served on a listener of their own, not {text:?}"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        let audit_retention_days = number(
+            "AUDIT_RETENTION_DAYS",
+            raw.audit_retention_days.as_deref(),
+            90,
+            1,
+            3650,
+        )?;
 
         Ok(Self {
             jwt_secret,
@@ -755,6 +793,8 @@ impl Config {
             mail,
             require_email_verification,
             registration_open,
+            metrics_addr,
+            audit_retention_days,
         })
     }
 
@@ -1054,6 +1094,35 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert!(c.cors_origins.is_empty());
         assert_eq!(c.login_max_failures, 10);
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!(c.audit_retention_days, 90);
+    }
+
+    #[test]
+    fn metrics_and_audit_settings() {
+        let c = cfg(&[
+            ("METRICS_ADDR", "127.0.0.1:9100"),
+            ("AUDIT_RETENTION_DAYS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.audit_retention_days, 30);
+        assert_eq!(
+            cfg(&[("METRICS_ADDR", "9100")]).unwrap_err().to_string(),
+            "invalid configuration: METRICS_ADDR must be an address and port such as \
+             127.0.0.1:9100, not \"9100\""
+        );
+        // Never the API's own port.
+        for same in ["127.0.0.1:8000", "0.0.0.0:8000"] {
+            let err = cfg(&[("METRICS_ADDR", same)]).unwrap_err().to_string();
+            assert!(err.contains("listener of their own"), "{same}: {err}");
+        }
+        assert_eq!(
+            cfg(&[("AUDIT_RETENTION_DAYS", "0")])
+                .unwrap_err()
+                .to_string(),
+            "invalid configuration: AUDIT_RETENTION_DAYS must be a number from 1 to 3650, not \"0\""
+        );
     }
 
     #[test]
@@ -1135,6 +1204,8 @@ mod tests {
             ("REQUIRE_EMAIL_VERIFICATION", "yes"),
             ("REGISTRATION", "invite"),
             ("REFRESH_TOKEN_COOKIE", "1"),
+            ("METRICS_ADDR", "localhost"),
+            ("AUDIT_RETENTION_DAYS", "3651"),
             (
                 "JWT_SECRET",
                 "09d25e094faa6ca2556c818166b7a9563b93f7099f6f0f4caa6cf63b88e8d3e7",
