@@ -361,7 +361,8 @@ pub fn allow(
 }
 
 /// A request id: the caller's `X-Request-Id` when it is 1 to 64 characters of `A-Za-z0-9._-`,
-/// else a new one.
+/// else a new one. `server::serve` gives each request its id as a request extension, so that
+/// every filter reads the same one ([`request_id`]).
 #[derive(Debug, Clone)]
 pub struct RequestId(HeaderValue);
 
@@ -388,13 +389,33 @@ impl RequestId {
     }
 
     /// The id to answer a request with, given its `X-Request-Id` header.
-    pub fn for_header(given: Option<&HeaderValue>) -> HeaderValue {
+    pub fn for_header(given: Option<&HeaderValue>) -> Self {
         given
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<RequestId>().ok())
             .unwrap_or_else(RequestId::generate)
-            .0
     }
+
+    /// The id as a header value.
+    pub fn header(self) -> HeaderValue {
+        self.0
+    }
+
+    /// The id as text (it is ASCII by construction).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+}
+
+/// The request's id as `server::serve` assigned it; without the server (`warp::test`), the
+/// caller's valid `X-Request-Id`, if any.
+pub fn request_id() -> impl Filter<Extract = (Option<RequestId>,), Error = Infallible> + Clone {
+    warp::ext::optional::<RequestId>()
+        .and(
+            warp::header::optional::<RequestId>("x-request-id")
+                .or_else(|_| async { Ok::<_, Infallible>((None,)) }),
+        )
+        .map(|assigned: Option<RequestId>, given: Option<RequestId>| assigned.or(given))
 }
 
 /// The headers every response carries: its request id, and `nosniff`. Used by the app for
@@ -442,9 +463,8 @@ impl Drop for RequestContext {
     }
 }
 
-pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Rejection> + Clone {
-    warp::header::optional::<RequestId>("x-request-id")
-        .or_else(|_| async { Ok::<_, Rejection>((None,)) })
+pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Infallible> + Clone {
+    request_id()
         .and(warp::method())
         .map(|id: Option<RequestId>, method: Method| {
             let id = id.unwrap_or_else(RequestId::generate).0;

@@ -109,7 +109,10 @@ pub async fn serve(
                 peer.ip()
             };
             request.extensions_mut().insert(ClientAddr(client));
-            let request_id = request.headers().get("x-request-id").cloned();
+            // One id per request, from here on: the access log, the answer's header and any audit
+            // event the request writes all carry it.
+            let request_id = RequestId::for_header(request.headers().get("x-request-id"));
+            request.extensions_mut().insert(request_id.clone());
             let too_large = head_too_large(request.headers());
             let mut inner = warp_service.clone();
             async move {
@@ -261,7 +264,7 @@ fn head_too_large(headers: &HeaderMap) -> bool {
 }
 
 /// 431 as problem+json; the connection is closed after it (the body is not read).
-fn header_fields_too_large(request_id: Option<HeaderValue>) -> Response {
+fn header_fields_too_large(request_id: RequestId) -> Response {
     let mut response = problem(
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         format!(
@@ -271,26 +274,25 @@ fn header_fields_too_large(request_id: Option<HeaderValue>) -> Response {
         None,
     );
     let headers = response.headers_mut();
-    stamp(headers, RequestId::for_header(request_id.as_ref()));
+    stamp(headers, request_id.header());
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
 /// The answer to a handler that panicked: a generic 500; the panic's message goes to the log.
-fn panic_response(request_id: Option<HeaderValue>, panic: Box<dyn Any + Send>) -> Response {
+fn panic_response(request_id: RequestId, panic: Box<dyn Any + Send>) -> Response {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned());
-    let request_id = RequestId::for_header(request_id.as_ref());
-    tracing::error!(panic = %message, request_id = ?request_id, "handler panicked");
+    tracing::error!(panic = %message, request_id = request_id.as_str(), "handler panicked");
     let mut response = problem(
         StatusCode::INTERNAL_SERVER_ERROR,
         "Internal server error".into(),
         None,
     );
-    stamp(response.headers_mut(), request_id);
+    stamp(response.headers_mut(), request_id.header());
     response
 }
 
