@@ -1,5 +1,6 @@
 //! Commands besides `serve` that work on the database directly.
 
+use crate::audit::Context;
 use crate::config::{Config, DatabaseLocation};
 use crate::password::{self, PasswordHasher};
 use crate::store::{Role, Store};
@@ -137,7 +138,7 @@ async fn make_admin(
         }
         (Some(user), Existing::Promote) => {
             let user = store
-                .promote(user.id)
+                .promote(user.id, &Context::system())
                 .await
                 .map_err(CommandError::store("promoting the user"))?;
             Ok(AdminOutcome::Promoted { id: user.id, email })
@@ -157,14 +158,25 @@ async fn make_admin(
                 .await
                 .map_err(|e| CommandError::Start(e.into()))?;
             match store
-                .create_user(email.clone(), None, hash, Role::Admin, None)
+                .create_user(
+                    email.clone(),
+                    None,
+                    hash,
+                    Role::Admin,
+                    None,
+                    &Context::system(),
+                )
                 .await
             {
                 Ok(user) => {
                     // The operator vouches for the address: the admin can log in even with
                     // REQUIRE_EMAIL_VERIFICATION=true and no mail set up.
                     store
-                        .mark_email_verified(user.id, crate::tokens::now_seconds())
+                        .mark_email_verified(
+                            user.id,
+                            crate::tokens::now_seconds(),
+                            &Context::system(),
+                        )
                         .await
                         .map_err(CommandError::store("marking the admin's email verified"))?;
                     Ok(AdminOutcome::Created { id: user.id, email })

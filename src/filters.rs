@@ -64,6 +64,19 @@ pub fn session_client()
         })
 }
 
+/// The request as audit events record it: the client (address, `User-Agent`) and the request's
+/// id; no actor yet (an authenticated handler names it with [`crate::audit::Context::by`]).
+pub fn audit_context() -> impl Filter<Extract = (crate::audit::Context,), Error = Infallible> + Clone
+{
+    session_client()
+        .and(request_id())
+        .map(|client, id: Option<RequestId>| crate::audit::Context {
+            actor_id: None,
+            client,
+            request_id: id.map(|id| id.as_str().to_owned()),
+        })
+}
+
 /// The kinds of body a route accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {

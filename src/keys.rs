@@ -276,7 +276,9 @@ async fn ensure_key(store: &Store, algorithm: Algorithm) -> Result<(), KeyError>
         return Ok(());
     }
     let key = generate(algorithm)?;
-    let kept = store.add_signing_key(key, AddKey::IfNone).await?;
+    let kept = store
+        .add_signing_key(key, AddKey::IfNone, &crate::audit::Context::system())
+        .await?;
     tracing::info!(kid = %kept.kid, algorithm = %kept.algorithm, "signing key ready");
     Ok(())
 }
@@ -440,7 +442,9 @@ pub fn generate(algorithm: Algorithm) -> Result<StoredKey, KeyError> {
 /// keeps verifying until its last token expired). The new key's id.
 pub async fn rotate(store: &Store, algorithm: Algorithm) -> Result<StoredKey, KeyError> {
     let key = generate(algorithm)?;
-    Ok(store.add_signing_key(key, AddKey::Rotate).await?)
+    Ok(store
+        .add_signing_key(key, AddKey::Rotate, &crate::audit::Context::system())
+        .await?)
 }
 
 /// Whether an algorithm's keys are a key pair (kept in the store) rather than a secret.

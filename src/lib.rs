@@ -4,6 +4,7 @@
 //! Requests flow: request id → routes (path → method → auth → body → handler) → one `recover` →
 //! CORS → response headers, all inside one tracing span per request.
 
+pub mod audit;
 pub mod commands;
 pub mod config;
 pub mod error;
@@ -36,6 +37,10 @@ use crate::throttle::Throttle;
 use crate::tokens::TokenKeys;
 use crate::validation::Rules;
 
+/// Audit events removed per batch, and batches per housekeeping round.
+const AUDIT_PURGE_BATCH: u32 = 5_000;
+const AUDIT_PURGE_BATCHES: u32 = 20;
+
 /// Everything a request may need. Cheap to clone: one reference count (it is cloned on every
 /// authenticated request, so it is one shared count, not one per part).
 #[derive(Clone)]
@@ -51,6 +56,8 @@ pub struct State {
     pub throttle: Throttle,
     pub mailer: mail::Mailer,
     pub mfa: mfa::Mfa,
+    /// Keeps a flood of refused logins from writing a flood of `login.throttled` events.
+    pub throttled_events: audit::Coalesce,
     /// `PUBLIC_URL`'s origin.
     public_origin: String,
 }
@@ -98,6 +105,7 @@ impl AppState {
             .unwrap_or_default();
         Ok(Self(Arc::new(State {
             mfa: mfa::Mfa::new(&config),
+            throttled_events: audit::Coalesce::new(audit::THROTTLED_EVENT_EVERY),
             mailer,
             public_origin,
             tokens: TokenKeys::new(&config, Arc::new(ring)),
@@ -140,7 +148,8 @@ impl AppState {
     }
 
     /// Housekeeping, every minute while the server runs: expired sessions, sealed successors past
-    /// their grace window, idle throttle entries, expired mail tokens and old outbox rows go.
+    /// their grace window, idle throttle entries, expired mail tokens, old outbox rows and audit
+    /// events past their retention go.
     pub async fn maintain(self) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
@@ -157,7 +166,38 @@ impl AppState {
             if let Err(e) = self.store.purge_mail(tokens::now_seconds()).await {
                 tracing::warn!(error = %e, "could not remove expired mail tokens and sent mail");
             }
+            self.purge_audit().await;
         }
+    }
+
+    /// Removes audit events older than `AUDIT_RETENTION_DAYS`, in batches (each its own short
+    /// write, so requests are not held behind one long delete), at most [`AUDIT_PURGE_BATCHES`]
+    /// a round: a long backlog (a lowered retention) goes over several rounds.
+    pub async fn purge_audit(&self) -> u64 {
+        let retention = u64::from(self.config.audit_retention_days) * 86_400;
+        let before = tokens::now_seconds().saturating_sub(retention);
+        let mut removed = 0;
+        for _ in 0..AUDIT_PURGE_BATCHES {
+            match self.store.purge_audit(before, AUDIT_PURGE_BATCH).await {
+                Ok(n) => {
+                    removed += n;
+                    if n < u64::from(AUDIT_PURGE_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not remove old audit events");
+                    break;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                events = removed,
+                "audit events past their retention removed"
+            );
+        }
+        removed
     }
 
     /// The mail worker: delivers the outbox while the server runs (see [`mail`]).

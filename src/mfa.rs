@@ -40,6 +40,22 @@ pub enum Code {
 }
 
 impl Code {
+    /// Which kind of code this is, for the audit log (never the code).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Code::Totp(_) => "totp",
+            Code::Recovery(_) => "recovery_code",
+        }
+    }
+
+    /// The second factor a login passed with this code.
+    pub fn second_factor(&self) -> crate::sessions::SecondFactor {
+        match self {
+            Code::Totp(_) => crate::sessions::SecondFactor::Totp,
+            Code::Recovery(_) => crate::sessions::SecondFactor::RecoveryCode,
+        }
+    }
+
     /// Six ASCII digits, or a recovery code as issued (case and `-` ignored).
     pub fn parse(code: &str) -> Option<Self> {
         let code = code.trim();

@@ -6,6 +6,7 @@
 //! once. A refresh token is 256 random bits, stored only as SHA-256; each use spends it.
 
 use crate::AppState;
+use crate::audit::{self, Context};
 use crate::error::ApiError;
 use crate::store::{NewSession, Refresh, Role, Rotation, Store, StoreError};
 use crate::tokens::{self, OpaqueToken};
@@ -52,21 +53,42 @@ impl Client {
     }
 }
 
+/// Which second factor a login passed, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondFactor {
+    None,
+    Totp,
+    RecoveryCode,
+}
+
+impl SecondFactor {
+    fn name(self) -> Option<&'static str> {
+        match self {
+            SecondFactor::None => None,
+            SecondFactor::Totp => Some("totp"),
+            SecondFactor::RecoveryCode => Some("recovery_code"),
+        }
+    }
+}
+
 /// Starts a session for the user, if `verified_hash` is still its password hash (else
 /// `InvalidCredentials`: a password change won the race with this login), and returns its first
-/// pair.
+/// pair. The session is written with its `login.succeeded` event.
 pub async fn start(
     state: &AppState,
     user_id: i64,
     role: Role,
     verified_hash: String,
-    client: Client,
-    second_factor: bool,
+    audit: &Context,
+    second_factor: SecondFactor,
 ) -> Result<TokenPair, ApiError> {
     let session_id = tokens::new_session_id();
     let refresh = OpaqueToken::generate();
     let now = tokens::now_seconds();
     let expires_at = now + u64::from(state.config.refresh_token_days) * 86_400;
+    let event = audit::Event::new(audit::Kind::LoginSucceeded, Some(user_id))
+        .with("session_id", session_id.as_str())
+        .with("second_factor", second_factor.name());
     state
         .store
         .create_session(NewSession {
@@ -76,9 +98,11 @@ pub async fn start(
             password_hash: verified_hash,
             now,
             expires_at,
-            user_agent: client.user_agent,
-            ip: client.ip,
-            second_factor,
+            user_agent: audit.client.user_agent.clone(),
+            ip: audit.client.ip.clone(),
+            second_factor: second_factor != SecondFactor::None,
+            event,
+            audit,
         })
         .await?;
     pair(state, user_id, role, &session_id, refresh.token, expires_at)
@@ -90,7 +114,7 @@ pub async fn start(
 pub async fn rotate(
     state: &AppState,
     presented: &str,
-    client: Client,
+    audit: Context,
 ) -> Result<TokenPair, ApiError> {
     let presented = OpaqueToken::parse(presented).ok_or(ApiError::InvalidToken)?;
     let successor = OpaqueToken::generate();
@@ -105,8 +129,9 @@ pub async fn rotate(
             spent_order: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
-            user_agent: client.user_agent,
-            ip: client.ip,
+            user_agent: audit.client.user_agent.clone(),
+            ip: audit.client.ip.clone(),
+            audit,
         })
         .await?;
     match outcome {

@@ -10,12 +10,13 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
+use crate::audit::{self, Context};
 use crate::error::{ApiError, FieldError};
 use crate::error::{
     BadRequest, Conflict, Forbidden, InternalError, NotFound, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
-use crate::filters::{Auth, allow, get, json_body, with_admin, with_db, with_state};
+use crate::filters::{Auth, allow, audit_context, get, json_body, with_admin, with_db, with_state};
 use crate::mail::MAILS_PER_HOUR;
 use crate::routes::no_content;
 use crate::routes::recovery::{Accepted, accepted};
@@ -49,11 +50,13 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .and(warp::patch())
         .and(with_admin(state))
         .and(json_body::<UserChangeIn>(&state.rules))
+        .and(audit_context())
         .and(with_db(&state.store))
         .and_then(update_user);
     let delete = user()
         .and(warp::delete())
         .and(with_admin(state))
+        .and(audit_context())
         .and(with_db(&state.store))
         .and_then(delete_user);
     let other = user()
@@ -71,6 +74,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let end_sessions = sessions()
         .and(warp::delete())
         .and(with_admin(state))
+        .and(audit_context())
         .and(with_db(&state.store))
         .and_then(end_user_sessions);
     let other = sessions()
@@ -83,6 +87,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let mfa_off = mfa()
         .and(warp::delete())
         .and(with_admin(state))
+        .and(audit_context())
         .and(with_db(&state.store))
         .and_then(disable_mfa);
     let other = mfa()
@@ -95,12 +100,24 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let send_reset = reset()
         .and(warp::post())
         .and(with_admin(state))
+        .and(audit_context())
         .and(with_state(state))
         .and_then(send_password_reset);
     let other = reset()
         .and(allow("POST"))
         .map(|_: UserId, refused: Response| refused);
     let reset = send_reset.or(other).unify();
+
+    // GET /api/v1/admin/audit?user_id&type&before_id&limit
+    let audit = warp::path!("api" / "v1" / "admin" / "audit").and(
+        get()
+            .and(with_admin(state))
+            .and(audit_query())
+            .and(with_db(&state.store))
+            .and_then(list_audit)
+            .or(allow("GET, HEAD"))
+            .unify(),
+    );
 
     list.or(one)
         .unify()
@@ -109,6 +126,8 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         .or(reset)
         .unify()
         .or(mfa)
+        .unify()
+        .or(audit)
         .unify()
         .boxed()
 }
@@ -209,6 +228,111 @@ fn page_query() -> impl Filter<Extract = (UserQuery,), Error = Rejection> + Clon
                 Err(Rejection::from(ApiError::Validation(errors)))
             }
         })
+}
+
+/// The audit log's filters and paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only events about this user.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    user_id: Option<String>,
+    /// Only events of this type (e.g. `login.failed`).
+    #[serde(rename = "type")]
+    #[param(value_type = Option<String>, example = "login.failed")]
+    kind: Option<String>,
+    /// Only events older than this one (the last id of the previous page).
+    #[param(value_type = Option<i64>, minimum = 1)]
+    before_id: Option<String>,
+    /// Events per page, 1 to 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100, default = 50)]
+    limit: Option<String>,
+}
+
+/// A whole number from `min`, or the parameter is named in `errors`.
+fn number_param(
+    name: &str,
+    value: Option<&str>,
+    min: i64,
+    max: i64,
+    errors: &mut Vec<FieldError>,
+) -> Option<i64> {
+    match value.map(str::parse::<i64>) {
+        None => None,
+        Some(Ok(n)) if (min..=max).contains(&n) => Some(n),
+        Some(_) if max == i64::MAX => {
+            errors.push(FieldError::new(
+                name,
+                format!("must be an integer of {min} or more"),
+            ));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(
+                name,
+                format!("must be an integer from {min} to {max}"),
+            ));
+            None
+        }
+    }
+}
+
+/// The query string as a validated [`audit::Query`]; every bad parameter is named at once.
+fn audit_query() -> impl Filter<Extract = (audit::Query,), Error = Rejection> + Clone {
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .and_then(|raw: String| async move {
+            let params: AuditParams = serde_urlencoded::from_str(&raw)
+                .map_err(|_| ApiError::BadRequest("Malformed query string".into()))?;
+            let mut errors = Vec::new();
+            let user_id = number_param(
+                "user_id",
+                params.user_id.as_deref(),
+                1,
+                i64::MAX,
+                &mut errors,
+            );
+            let before_id = number_param(
+                "before_id",
+                params.before_id.as_deref(),
+                1,
+                i64::MAX,
+                &mut errors,
+            );
+            let limit = number_param("limit", params.limit.as_deref(), 1, 100, &mut errors);
+            let kind = match params.kind.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(name) => match audit::Kind::parse(name) {
+                    Some(kind) => Some(kind),
+                    None => {
+                        let known: Vec<&str> =
+                            audit::Kind::ALL.iter().map(|k| k.as_str()).collect();
+                        errors.push(FieldError::new(
+                            "type",
+                            format!("must be one of {}", known.join(", ")),
+                        ));
+                        None
+                    }
+                },
+            };
+            if errors.is_empty() {
+                Ok(audit::Query {
+                    user_id,
+                    kind,
+                    before_id,
+                    limit: limit.unwrap_or(50),
+                })
+            } else {
+                Err(Rejection::from(ApiError::Validation(errors)))
+            }
+        })
+}
+
+/// A page of audit events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<audit::AuditEvent>,
 }
 
 /// A page of users.
@@ -323,13 +447,16 @@ pub(crate) async fn update_user(
     id: UserId,
     admin: Auth,
     body: UserChangeIn,
+    audit: Context,
     store: Store,
 ) -> Result<Response, Rejection> {
     let change = UserChange {
         role: body.role,
         disabled: body.disabled,
     };
-    let user = store.update_user(admin.user.id, id.0, change).await?;
+    let user = store
+        .update_user(admin.user.id, id.0, change, &audit.by(admin.user.id))
+        .await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = user.id,
@@ -360,9 +487,12 @@ pub(crate) async fn update_user(
 pub(crate) async fn delete_user(
     id: UserId,
     admin: Auth,
+    audit: Context,
     store: Store,
 ) -> Result<Response, Rejection> {
-    store.delete_user(Some(admin.user.id), id.0).await?;
+    store
+        .delete_user(Some(admin.user.id), id.0, &audit.by(admin.user.id))
+        .await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = id.0,
@@ -416,10 +546,13 @@ pub(crate) async fn user_sessions(
 pub(crate) async fn end_user_sessions(
     id: UserId,
     admin: Auth,
+    audit: Context,
     store: Store,
 ) -> Result<Response, Rejection> {
     store.user(id.0).await?.ok_or(StoreError::NotFound)?;
-    let ended = store.end_sessions(id.0, None).await?;
+    let ended = store
+        .end_sessions(id.0, None, &audit.by(admin.user.id))
+        .await?;
     tracing::info!(
         admin_id = admin.user.id,
         user_id = id.0,
@@ -451,6 +584,7 @@ pub(crate) async fn end_user_sessions(
 pub(crate) async fn send_password_reset(
     id: UserId,
     admin: Auth,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     match state
@@ -460,6 +594,7 @@ pub(crate) async fn send_password_reset(
             MailKind::ResetPassword,
             now_seconds(),
             MAILS_PER_HOUR,
+            &audit.by(admin.user.id),
         )
         .await?
     {
@@ -498,10 +633,11 @@ pub(crate) async fn send_password_reset(
 pub(crate) async fn disable_mfa(
     id: UserId,
     admin: Auth,
+    audit: Context,
     store: Store,
 ) -> Result<Response, Rejection> {
     store.user(id.0).await?.ok_or(StoreError::NotFound)?;
-    if !store.disable_mfa(id.0).await? {
+    if !store.disable_mfa(id.0, &audit.by(admin.user.id)).await? {
         return Err(ApiError::Conflict("Two-factor authentication is not on for this user").into());
     }
     tracing::info!(
@@ -510,4 +646,34 @@ pub(crate) async fn disable_mfa(
         "MFA turned off by an admin"
     );
     Ok(no_content())
+}
+
+/// The audit log, newest first: registrations, logins (succeeded, failed, throttled), password
+/// changes and resets, verifications, ended sessions, refresh-token reuse, MFA, admin changes
+/// and key rotations, each with who acted, from which address and in which request.
+///
+/// Page with `before_id` (the last id of the previous page). Events older than
+/// `AUDIT_RETENTION_DAYS` (90) are gone. No event holds a secret.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/audit",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of events, newest first", body = AuditPage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServiceUnavailable)
+    )
+)]
+pub(crate) async fn list_audit(
+    _admin: Auth,
+    query: audit::Query,
+    store: Store,
+) -> Result<Response, Rejection> {
+    let items = store.audit_events(query).await?;
+    Ok(warp::reply::json(&AuditPage { items }).into_response())
 }

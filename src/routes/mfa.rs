@@ -2,8 +2,6 @@
 //! caller's own TOTP enrollment, confirmation, removal and recovery codes. TOTP itself is
 //! [`crate::mfa`].
 
-use std::net::IpAddr;
-
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use utoipa::ToSchema;
@@ -14,15 +12,16 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
+use crate::audit::{self, Context};
 use crate::error::{
     ApiError, BadRequest, Conflict, Forbidden, InternalError, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
-use crate::filters::{Auth, allow, json_body, session_client, with_auth, with_state};
+use crate::filters::{Auth, allow, audit_context, json_body, with_auth, with_state};
 use crate::mfa::{Code, MAX_WRONG_CODES, Mfa};
 use crate::routes::no_content;
-use crate::routes::users::{Token, token_response};
-use crate::sessions::{self, Client, TokenPair};
+use crate::routes::users::{Token, begin_attempt, token_response};
+use crate::sessions::{self, TokenPair};
 use crate::tokens::{OpaqueToken, now_seconds};
 use crate::validation::{self, Rules};
 
@@ -34,7 +33,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(json_body::<MfaLoginIn>(&state.rules))
             .and(warp::header::optional::<String>("origin"))
-            .and(session_client())
+            .and(audit_context())
             .and(with_state(state))
             .and_then(login_mfa)
             .or(allow("POST"))
@@ -51,6 +50,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             .or(warp::delete()
                 .and(with_auth(state))
                 .and(json_body::<PasswordCodeIn>(&state.rules))
+                .and(audit_context())
                 .and(with_state(state))
                 .and_then(disable))
             .unify()
@@ -63,6 +63,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(with_auth(state))
             .and(json_body::<CodeIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(confirm)
             .or(allow("POST"))
@@ -74,6 +75,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(with_auth(state))
             .and(json_body::<PasswordCodeIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(new_recovery_codes)
             .or(allow("POST"))
@@ -272,12 +274,12 @@ async fn check_password_and_code(
 pub(crate) async fn login_mfa(
     body: MfaLoginIn,
     origin: Option<String>,
-    client: Client,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     state.check_login_origin(origin.as_deref())?;
     // As a login: the attempt runs to its end whatever the client does.
-    let attempt = tokio::spawn(attempt_mfa(state.clone(), body, client).in_current_span());
+    let attempt = tokio::spawn(attempt_mfa(state.clone(), body, audit).in_current_span());
     let pair = attempt
         .await
         .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;
@@ -287,7 +289,7 @@ pub(crate) async fn login_mfa(
 async fn attempt_mfa(
     state: AppState,
     body: MfaLoginIn,
-    client: Client,
+    context: Context,
 ) -> Result<TokenPair, ApiError> {
     let code = parsed(&body.code)?;
     let hash = OpaqueToken::parse(&body.mfa_token)
@@ -300,22 +302,11 @@ async fn attempt_mfa(
         .await?
         .ok_or(ApiError::WrongCode(DEAD_TOKEN))?;
     if challenge.disabled {
+        let event = audit::login_failed(Some(challenge.user_id), "disabled");
+        audit::record(&state.store, event, &context).await;
         return Err(ApiError::Forbidden(crate::error::ACCOUNT_DISABLED));
     }
-    let address = client
-        .ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<IpAddr>().ok());
-    let attempt = state
-        .throttle
-        .begin(&challenge.email, address)
-        .await
-        .inspect_err(|_| {
-            tracing::warn!(
-                outcome = "throttled",
-                "second factor refused: too many attempts"
-            );
-        })?;
+    let attempt = begin_attempt(&state, &challenge.email, &context).await?;
     if !code_is_right(&state, challenge.user_id, &code).await? {
         attempt.failed().await;
         tracing::warn!(
@@ -323,6 +314,9 @@ async fn attempt_mfa(
             user_id = challenge.user_id,
             "login: a wrong second-factor code"
         );
+        let event = audit::Event::new(audit::Kind::LoginMfaFailed, Some(challenge.user_id))
+            .with("code", code.kind());
+        audit::record(&state.store, event, &context).await;
         return Err(ApiError::WrongCode(WRONG_CODE));
     }
     attempt.succeeded().await;
@@ -335,8 +329,8 @@ async fn attempt_mfa(
         challenge.user_id,
         challenge.role,
         challenge.password_hash,
-        client,
-        true,
+        &context,
+        code.second_factor(),
     )
     .await?;
     tracing::info!(
@@ -427,6 +421,7 @@ const NOT_ON: &str = "Two-factor authentication is not on";
 pub(crate) async fn confirm(
     auth: Auth,
     body: CodeIn,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     let nothing = || {
@@ -456,6 +451,7 @@ pub(crate) async fn confirm(
             hashes,
             auth.session_id.clone(),
             now_seconds(),
+            &audit.by(auth.user.id),
         )
         .await?
     {
@@ -496,6 +492,7 @@ pub(crate) async fn confirm(
 pub(crate) async fn disable(
     auth: Auth,
     body: PasswordCodeIn,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     if !auth.user.mfa_enabled {
@@ -503,7 +500,11 @@ pub(crate) async fn disable(
     }
     let code = parsed(&body.code)?;
     check_password_and_code(&state, &auth, body.password, Some(&code)).await?;
-    if !state.store.disable_mfa(auth.user.id).await? {
+    if !state
+        .store
+        .disable_mfa(auth.user.id, &audit.by(auth.user.id))
+        .await?
+    {
         return Err(ApiError::Conflict(NOT_ON).into());
     }
     tracing::info!(user_id = auth.user.id, "MFA turned off");
@@ -533,6 +534,7 @@ pub(crate) async fn disable(
 pub(crate) async fn new_recovery_codes(
     auth: Auth,
     body: PasswordCodeIn,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     if !auth.user.mfa_enabled {
@@ -543,7 +545,7 @@ pub(crate) async fn new_recovery_codes(
     let (shown, hashes) = Mfa::recovery_codes();
     if !state
         .store
-        .replace_recovery_codes(auth.user.id, hashes)
+        .replace_recovery_codes(auth.user.id, hashes, &audit.by(auth.user.id))
         .await?
     {
         return Err(ApiError::Conflict(NOT_ON).into());

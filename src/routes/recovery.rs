@@ -11,11 +11,14 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
+use crate::audit::Context;
 use crate::error::{
     ApiError, BAD_LINK, BadRequest, Conflict, InternalError, PayloadTooLarge, RequestTimeout,
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
-use crate::filters::{Auth, ClientAddr, allow, client_addr, json_body, with_auth, with_state};
+use crate::filters::{
+    Auth, ClientAddr, allow, audit_context, client_addr, json_body, with_auth, with_state,
+};
 use crate::mail::{MAILS_PER_HOUR, Mailer};
 use crate::routes::no_content;
 use crate::store::{MailKind, Queued, Recipient, User};
@@ -28,6 +31,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let verify = warp::path!("email" / "verify").and(
         warp::post()
             .and(json_body::<LinkTokenIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(verify_email)
             .or(allow("POST"))
@@ -49,6 +53,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(json_body::<ForgotIn>(&state.rules))
             .and(client_addr())
+            .and(audit_context())
             .and(with_state(state))
             .and_then(forgot_password)
             .or(allow("POST"))
@@ -59,6 +64,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let reset = warp::path!("password" / "reset").and(
         warp::post()
             .and(json_body::<ResetIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(reset_password)
             .or(allow("POST"))
@@ -169,12 +175,13 @@ pub(crate) fn accepted(detail: &'static str) -> Response {
 )]
 pub(crate) async fn verify_email(
     body: LinkTokenIn,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     let hash = Mailer::hash_of(&body.token).ok_or_else(bad_link)?;
     let user = state
         .store
-        .verify_email(hash, crate::tokens::now_seconds())
+        .verify_email(hash, crate::tokens::now_seconds(), &audit)
         .await?
         .ok_or_else(bad_link)?;
     tracing::info!(user_id = user.id, "email verified");
@@ -212,6 +219,8 @@ pub(crate) async fn resend_verification(
             MailKind::VerifyEmail,
             crate::tokens::now_seconds(),
             MAILS_PER_HOUR,
+            // A verification mail writes no event (its use does).
+            &Context::system(),
         )
         .await?
     {
@@ -251,6 +260,7 @@ pub(crate) async fn resend_verification(
 pub(crate) async fn forgot_password(
     body: ForgotIn,
     client: Option<ClientAddr>,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     if let Some(ClientAddr(addr)) = client {
@@ -273,6 +283,7 @@ pub(crate) async fn forgot_password(
                     MailKind::ResetPassword,
                     crate::tokens::now_seconds(),
                     MAILS_PER_HOUR,
+                    &audit,
                 )
                 .await
             {
@@ -317,7 +328,11 @@ pub(crate) async fn forgot_password(
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn reset_password(body: ResetIn, state: AppState) -> Result<Response, Rejection> {
+pub(crate) async fn reset_password(
+    body: ResetIn,
+    audit: Context,
+    state: AppState,
+) -> Result<Response, Rejection> {
     let hash = Mailer::hash_of(&body.token).ok_or_else(bad_link)?;
     let now = crate::tokens::now_seconds();
     // Checked before the password is hashed, so a bad link costs no bcrypt; used in the
@@ -333,7 +348,7 @@ pub(crate) async fn reset_password(body: ResetIn, state: AppState) -> Result<Res
     let new_hash = state.hasher.hash(body.new_password).await?;
     let user_id = state
         .store
-        .reset_password(hash, new_hash, crate::tokens::now_seconds())
+        .reset_password(hash, new_hash, crate::tokens::now_seconds(), &audit)
         .await?
         .ok_or_else(bad_link)?;
     tracing::info!(user_id, "password reset; every session revoked");

@@ -8,8 +8,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
+use crate::audit::Context;
 use crate::error::{ApiError, InternalError, NotFound, ServiceUnavailable, Unauthorized};
-use crate::filters::{Auth, allow, get, with_auth, with_state};
+use crate::filters::{Auth, allow, audit_context, get, with_auth, with_state};
 use crate::routes::no_content;
 use crate::store::SessionInfo;
 use crate::tokens::{now_seconds, rfc3339};
@@ -23,6 +24,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             .and_then(list_sessions)
             .or(warp::delete()
                 .and(with_auth(state))
+                .and(audit_context())
                 .and(with_state(state))
                 .and_then(end_other_sessions))
             .unify()
@@ -35,6 +37,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let end = session()
         .and(warp::delete())
         .and(with_auth(state))
+        .and(audit_context())
         .and(with_state(state))
         .and_then(end_session);
     let other = session()
@@ -121,10 +124,14 @@ pub(crate) async fn list_sessions(auth: Auth, state: AppState) -> Result<Respons
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn end_other_sessions(auth: Auth, state: AppState) -> Result<Response, Rejection> {
+pub(crate) async fn end_other_sessions(
+    auth: Auth,
+    audit: Context,
+    state: AppState,
+) -> Result<Response, Rejection> {
     let ended = state
         .store
-        .end_sessions(auth.user.id, Some(auth.session_id))
+        .end_sessions(auth.user.id, Some(auth.session_id), &audit.by(auth.user.id))
         .await?;
     tracing::info!(
         user_id = auth.user.id,
@@ -152,9 +159,14 @@ pub(crate) async fn end_other_sessions(auth: Auth, state: AppState) -> Result<Re
 pub(crate) async fn end_session(
     id: String,
     auth: Auth,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
-    if !state.store.end_session(auth.user.id, id).await? {
+    if !state
+        .store
+        .end_session(auth.user.id, id, &audit.by(auth.user.id))
+        .await?
+    {
         // Unknown, or another user's: the same answer.
         return Err(ApiError::NotFound("No session with this id").into());
     }

@@ -12,6 +12,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
+use crate::audit::{self, Context};
 use crate::error::FieldError;
 use crate::error::{ACCOUNT_DISABLED, ApiError, REGISTRATION_CLOSED, VERIFY_FIRST};
 use crate::error::{
@@ -19,11 +20,11 @@ use crate::error::{
     ServiceUnavailable, TooManyRequests, Unauthorized, UnsupportedMediaType,
 };
 use crate::filters::{
-    Auth, BodyKind, allow, body_of, get, json_body, optional_json_body, session_client, with_auth,
+    Auth, BodyKind, allow, audit_context, body_of, get, json_body, optional_json_body, with_auth,
     with_state,
 };
 use crate::routes::no_content;
-use crate::sessions::{self, Client, TokenPair};
+use crate::sessions::{self, SecondFactor, TokenPair};
 use crate::store::{Role, User};
 use crate::validation::{self, Rules, normalize_email, normalize_name};
 
@@ -35,6 +36,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(registration_open(state))
             .and(json_body::<RegisterIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(register)
             .or(allow("POST"))
@@ -46,7 +48,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::post()
             .and(login_body(state))
             .and(warp::header::optional::<String>("origin"))
-            .and(session_client())
+            .and(audit_context())
             .and(with_state(state))
             .and_then(login)
             .or(allow("POST"))
@@ -59,7 +61,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             .and(optional_json_body::<RefreshIn>(&state.rules))
             .and(warp::cookie::optional::<String>(REFRESH_COOKIE))
             .and(warp::header::optional::<String>("origin"))
-            .and(session_client())
+            .and(audit_context())
             .and(with_state(state))
             .and_then(refresh)
             .or(allow("POST"))
@@ -70,6 +72,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let logout = warp::path!("logout").and(
         warp::post()
             .and(with_auth(state))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(logout)
             .or(allow("POST"))
@@ -89,6 +92,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             .unify()
             .or(warp::delete()
                 .and(with_auth(state))
+                .and(audit_context())
                 .and(with_state(state))
                 .and_then(delete_account))
             .unify()
@@ -101,6 +105,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
         warp::put()
             .and(with_auth(state))
             .and(json_body::<PasswordChangeIn>(&state.rules))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(change_password)
             .or(allow("PUT"))
@@ -314,7 +319,11 @@ fn parse_login_form(body: &[u8], rules: &Rules) -> Result<LoginIn, ApiError> {
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Response, Rejection> {
+pub(crate) async fn register(
+    body: RegisterIn,
+    audit: Context,
+    state: AppState,
+) -> Result<Response, Rejection> {
     crate::password::check_personal(&body.password, &body.email)
         .map_err(|message| ApiError::Validation(vec![FieldError::new("password", message)]))?;
     // A cheap check first, so that a taken email costs no hashing; the unique index still
@@ -332,6 +341,7 @@ pub(crate) async fn register(body: RegisterIn, state: AppState) -> Result<Respon
             hash,
             Role::Member,
             Some(crate::tokens::now_seconds()),
+            &audit,
         )
         .await?;
     state.mailer.queued();
@@ -416,14 +426,14 @@ pub(crate) fn me(auth: Auth) -> Response {
 pub(crate) async fn login(
     body: LoginIn,
     origin: Option<String>,
-    client: Client,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     state.check_login_origin(origin.as_deref())?;
     // The attempt runs to its end in a task of its own, whatever the client does: a client that
     // hangs up while a wrong password's answer is padded must not spare that guess from the
     // throttle (dropping this handler's future does not stop the task).
-    let attempt = tokio::spawn(attempt_login(state.clone(), body, client).in_current_span());
+    let attempt = tokio::spawn(attempt_login(state.clone(), body, audit).in_current_span());
     let pair = attempt
         .await
         .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;
@@ -434,22 +444,10 @@ pub(crate) async fn login(
 async fn attempt_login(
     state: AppState,
     body: LoginIn,
-    client: Client,
+    context: Context,
 ) -> Result<TokenPair, ApiError> {
-    let address = client
-        .ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<IpAddr>().ok());
     // A throttled account or address gets 429 even with the right password.
-    let attempt = state
-        .throttle
-        .begin(&body.email, address)
-        .await
-        .inspect_err(|e| {
-            if matches!(e, ApiError::TooManyAttempts { .. }) {
-                tracing::warn!(outcome = "throttled", "login refused: too many attempts");
-            }
-        })?;
+    let attempt = begin_attempt(&state, &body.email, &context).await?;
     let credentials = state.store.credentials(body.email.clone()).await?;
     // Unknown emails are checked against a dummy hash: both failures take the same time.
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
@@ -459,11 +457,14 @@ async fn attempt_login(
         other => {
             // Counted before the answer is padded.
             attempt.failed().await;
-            tracing::warn!(
-                outcome = "invalid",
-                user_id = other.map(|c| c.user_id),
-                "login failed"
-            );
+            let user_id = other.map(|c| c.user_id);
+            tracing::warn!(outcome = "invalid", user_id, "login failed");
+            audit::record(
+                &state.store,
+                audit::login_failed(user_id, "invalid"),
+                &context,
+            )
+            .await;
             verdict.pad().await;
             return Err(ApiError::InvalidCredentials);
         }
@@ -480,6 +481,8 @@ async fn attempt_login(
             user_id = credentials.user_id,
             "login refused: the account is disabled"
         );
+        let event = audit::login_failed(Some(credentials.user_id), "disabled");
+        audit::record(&state.store, event, &context).await;
         return Err(ApiError::Forbidden(ACCOUNT_DISABLED));
     }
     if state.config.require_email_verification && !credentials.email_verified {
@@ -488,6 +491,8 @@ async fn attempt_login(
             user_id = credentials.user_id,
             "login refused: the email is not verified"
         );
+        let event = audit::login_failed(Some(credentials.user_id), "unverified");
+        audit::record(&state.store, event, &context).await;
         return Err(ApiError::Forbidden(VERIFY_FIRST));
     }
     let mut verified_hash = credentials.password_hash;
@@ -539,24 +544,25 @@ async fn attempt_login(
     }
     // Only while the password checked is still the user's: a change that went through meanwhile
     // wins, and this login gets 401 rather than a session that outlives it.
-    let pair = sessions::start(
+    let started = sessions::start(
         &state,
         credentials.user_id,
         credentials.role,
         verified_hash,
-        client,
-        false,
+        &context,
+        SecondFactor::None,
     )
-    .await
-    .inspect_err(|e| {
-        if matches!(e, ApiError::InvalidCredentials) {
-            tracing::warn!(
-                outcome = "invalid",
-                user_id = credentials.user_id,
-                "login failed: the password changed while it was checked"
-            );
-        }
-    })?;
+    .await;
+    if let Err(ApiError::InvalidCredentials) = started {
+        tracing::warn!(
+            outcome = "invalid",
+            user_id = credentials.user_id,
+            "login failed: the password changed while it was checked"
+        );
+        let event = audit::login_failed(Some(credentials.user_id), "password_changed");
+        audit::record(&state.store, event, &context).await;
+    }
+    let pair = started?;
     tracing::info!(outcome = "success", user_id = credentials.user_id, "login");
     Ok(pair)
 }
@@ -586,7 +592,7 @@ pub(crate) async fn refresh(
     body: Option<RefreshIn>,
     cookie: Option<String>,
     origin: Option<String>,
-    client: Client,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     let presented = match body {
@@ -611,7 +617,7 @@ pub(crate) async fn refresh(
             .into());
         }
     };
-    let pair = sessions::rotate(&state, &presented, client).await?;
+    let pair = sessions::rotate(&state, &presented, audit).await?;
     Ok(token_response(&state, pair))
 }
 
@@ -628,8 +634,15 @@ pub(crate) async fn refresh(
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn logout(auth: Auth, state: AppState) -> Result<Response, Rejection> {
-    state.store.delete_session(auth.session_id).await?;
+pub(crate) async fn logout(
+    auth: Auth,
+    audit: Context,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    state
+        .store
+        .delete_session(auth.session_id, &audit.by(auth.user.id))
+        .await?;
     tracing::info!(user_id = auth.user.id, "logout");
     let mut response = no_content();
     if state.config.refresh_token_cookie {
@@ -690,8 +703,15 @@ pub(crate) async fn update_profile(
         (status = 503, response = ServiceUnavailable)
     )
 )]
-pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Response, Rejection> {
-    state.store.delete_user(None, auth.user.id).await?;
+pub(crate) async fn delete_account(
+    auth: Auth,
+    audit: Context,
+    state: AppState,
+) -> Result<Response, Rejection> {
+    state
+        .store
+        .delete_user(None, auth.user.id, &audit.by(auth.user.id))
+        .await?;
     tracing::info!(user_id = auth.user.id, "account deleted");
     Ok(no_content())
 }
@@ -720,6 +740,7 @@ pub(crate) async fn delete_account(auth: Auth, state: AppState) -> Result<Respon
 pub(crate) async fn change_password(
     auth: Auth,
     body: PasswordChangeIn,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     crate::password::check_personal(&body.new_password, &auth.user.email)
@@ -748,7 +769,7 @@ pub(crate) async fn change_password(
     let new_hash = state.hasher.hash(body.new_password).await?;
     if !state
         .store
-        .change_password(auth.user.id, stored, new_hash)
+        .change_password(auth.user.id, stored, new_hash, &audit.by(auth.user.id))
         .await?
     {
         // Another change won the race, and with it ended every session of the user, this one
@@ -760,6 +781,28 @@ pub(crate) async fn change_password(
         "password changed; every session revoked"
     );
     Ok(no_content())
+}
+
+/// Admits a login attempt past the throttle, or answers 429; a refusal is logged, and written
+/// as `login.throttled` (at most once a minute per account and per address).
+pub(crate) async fn begin_attempt<'a>(
+    state: &'a AppState,
+    email: &str,
+    context: &Context,
+) -> Result<crate::throttle::Guard<'a>, ApiError> {
+    let address = context
+        .client
+        .ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+    match state.throttle.begin(email, address).await {
+        Err(ApiError::TooManyAttempts { retry_after }) => {
+            tracing::warn!(outcome = "throttled", "login refused: too many attempts");
+            audit::login_throttled(state, context, email, retry_after).await;
+            Err(ApiError::TooManyAttempts { retry_after })
+        }
+        other => other,
+    }
 }
 
 /// The refresh cookie's name (Sessions in the browser).

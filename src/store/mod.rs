@@ -14,6 +14,7 @@ pub mod sqlite;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::audit::{self, Context};
 use crate::config::DatabaseLocation;
 
 /// What a store operation can fail with, besides its own result.
@@ -128,6 +129,9 @@ pub struct NewSession<'a> {
     /// Whether the login passed a second factor; without one, the session is made only while
     /// the user has MFA off (a login racing its confirmation gets no password-only session).
     pub second_factor: bool,
+    /// The login's event (`login.succeeded`), written with the session, and its request.
+    pub event: audit::Event,
+    pub audit: &'a Context,
 }
 
 /// A session as its user (or an admin) sees it. Times are unix seconds.
@@ -216,6 +220,8 @@ pub struct Rotation {
     /// The client's `User-Agent` and address, recorded on the session.
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// The request, for the `refresh.reuse_detected` event a reuse writes.
+    pub audit: Context,
 }
 
 /// One page of users, ordered by id, and how many users the query matches in all.
@@ -423,6 +429,7 @@ impl Store {
     /// Inserts a user; an email already present (in any case) is `EmailTaken`, also when two
     /// registrations race: the database's unique index decides.
     /// `verification_at`: queue a verification mail in the same transaction, at that time.
+    /// Writes `user.registered`.
     pub async fn create_user(
         &self,
         email: String,
@@ -430,8 +437,16 @@ impl Store {
         password_hash: String,
         role: Role,
         verification_at: Option<u64>,
+        audit: &Context,
     ) -> Result<User, StoreError> {
-        dispatch!(self.create_user(email, full_name, password_hash, role, verification_at))
+        dispatch!(self.create_user(
+            email,
+            full_name,
+            password_hash,
+            role,
+            verification_at,
+            audit.clone()
+        ))
     }
 
     pub async fn credentials(&self, email: String) -> Result<Option<Credentials>, StoreError> {
@@ -453,15 +468,17 @@ impl Store {
         dispatch!(self.password_hash(user_id))
     }
 
-    /// Sets a new password and ends every session of the user, in one transaction. `false` when
-    /// the stored hash is no longer `old` (a concurrent change won).
+    /// Sets a new password and ends every session of the user, in one transaction, with
+    /// `password.changed`. `false` when the stored hash is no longer `old` (a concurrent change
+    /// won).
     pub async fn change_password(
         &self,
         user_id: i64,
         old: String,
         new: String,
+        audit: &Context,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.change_password(user_id, old, new))
+        dispatch!(self.change_password(user_id, old, new, audit.clone()))
     }
 
     /// Sets (or clears, with `None`) the user's full name; the user as stored afterwards.
@@ -490,32 +507,45 @@ impl Store {
     /// is read in the transaction that writes (`NotAdmin` if it was demoted meanwhile).
     /// Demoting or disabling the last enabled admin is `LastAdmin`, decided in that transaction
     /// too, so two admins acting on each other at once cannot leave none. Disabling ends every
-    /// session of the user in the same transaction.
+    /// session of the user in the same transaction. Writes `admin.user_updated` with what
+    /// changed (`{from, to}`), when something did.
     pub async fn update_user(
         &self,
         actor_id: i64,
         user_id: i64,
         change: UserChange,
+        audit: &Context,
     ) -> Result<User, StoreError> {
-        dispatch!(self.update_user(actor_id, user_id, change))
+        dispatch!(self.update_user(actor_id, user_id, change, audit.clone()))
     }
 
     /// Makes a user an admin (the `create-admin` command: the operator needs no role).
-    pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
-        dispatch!(self.promote(user_id))
+    pub async fn promote(&self, user_id: i64, audit: &Context) -> Result<User, StoreError> {
+        dispatch!(self.promote(user_id, audit.clone()))
     }
 
     /// Deletes a user and its sessions: the user itself when `actor_id` is `None`, else as that
     /// admin (checked as in `set_role`). Unknown is `NotFound` (`ActorGone` when the user deletes
-    /// itself: its token is dead); the last admin is `LastAdmin`.
-    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
-        dispatch!(self.delete_user(actor_id, user_id))
+    /// itself: its token is dead); the last admin is `LastAdmin`. Writes `admin.user_deleted`
+    /// (or `user.deleted`).
+    pub async fn delete_user(
+        &self,
+        actor_id: Option<i64>,
+        user_id: i64,
+        audit: &Context,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.delete_user(actor_id, user_id, audit.clone()))
     }
 
     /// Marks the user's email verified now, if it is not yet (an admin made from the command
-    /// line: the operator vouches for it).
-    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
-        dispatch!(self.mark_email_verified(user_id, now))
+    /// line: the operator vouches for it), with `email.verified`.
+    pub async fn mark_email_verified(
+        &self,
+        user_id: i64,
+        now: u64,
+        audit: &Context,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.mark_email_verified(user_id, now, audit.clone()))
     }
 
     // Mail.
@@ -523,21 +553,28 @@ impl Store {
     /// Queues a mail of `kind` for the recipient and kills the user's live tokens of that kind
     /// (older links stop working), in one transaction, unless `hourly_limit` mails of that kind
     /// were queued for the user within the last hour (then nothing changes). Whether a
-    /// verification is still needed is the caller's check.
+    /// verification is still needed is the caller's check. A reset mail writes
+    /// `password.reset_requested`.
     pub async fn queue_mail(
         &self,
         to: Recipient,
         kind: MailKind,
         now: u64,
         hourly_limit: u32,
+        audit: &Context,
     ) -> Result<Queued, StoreError> {
-        dispatch!(self.queue_mail(to, kind, now, hourly_limit))
+        dispatch!(self.queue_mail(to, kind, now, hourly_limit, audit.clone()))
     }
 
-    /// Uses a verification token: the email is verified and the user (as it is now) comes back;
-    /// `None` when the token is unknown, used, replaced or expired.
-    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
-        dispatch!(self.verify_email(hash, now))
+    /// Uses a verification token: the email is verified (`email.verified`) and the user (as it
+    /// is now) comes back; `None` when the token is unknown, used, replaced or expired.
+    pub async fn verify_email(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+        audit: &Context,
+    ) -> Result<Option<User>, StoreError> {
+        dispatch!(self.verify_email(hash, now, audit.clone()))
     }
 
     /// The user (id and email) a live reset token is for (checked before the new password is
@@ -551,15 +588,16 @@ impl Store {
     }
 
     /// Uses a reset token, in one transaction: the password is set, every session and mailed
-    /// token of the user ends, and the email counts as verified. The user's id; `None` when the
-    /// token is unknown, used, replaced or expired.
+    /// token of the user ends, and the email counts as verified (`password.reset`). The user's
+    /// id; `None` when the token is unknown, used, replaced or expired.
     pub async fn reset_password(
         &self,
         hash: [u8; 32],
         new_password_hash: String,
         now: u64,
+        audit: &Context,
     ) -> Result<Option<i64>, StoreError> {
-        dispatch!(self.reset_password(hash, new_password_hash, now))
+        dispatch!(self.reset_password(hash, new_password_hash, now, audit.clone()))
     }
 
     /// Claims the next due mail for one delivery attempt: it is not due again until
@@ -631,7 +669,8 @@ impl Store {
     /// the recovery codes are set, and every session of the user but `keep` ends. `false` when
     /// nothing is pending (or it was confirmed meanwhile).
     /// (`sealed` is the pending secret the code was checked against: one enrolled meanwhile in
-    /// another tab is not confirmed by it.)
+    /// another tab is not confirmed by it.) Writes `mfa.enabled`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn confirm_totp(
         &self,
         user_id: i64,
@@ -640,8 +679,9 @@ impl Store {
         codes: Vec<[u8; 32]>,
         keep: String,
         now: u64,
+        audit: &Context,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.confirm_totp(user_id, sealed, step, codes, keep, now))
+        dispatch!(self.confirm_totp(user_id, sealed, step, codes, keep, now, audit.clone()))
     }
 
     /// Seals a secret again under the current key (after `JWT_SECRET` was rotated), unless it
@@ -672,18 +712,20 @@ impl Store {
         dispatch!(self.use_recovery_code(user_id, hash, now))
     }
 
-    /// Replaces the recovery codes; `false` when MFA is off.
+    /// Replaces the recovery codes (`mfa.recovery_codes_replaced`); `false` when MFA is off.
     pub async fn replace_recovery_codes(
         &self,
         user_id: i64,
         codes: Vec<[u8; 32]>,
+        audit: &Context,
     ) -> Result<bool, StoreError> {
-        dispatch!(self.replace_recovery_codes(user_id, codes))
+        dispatch!(self.replace_recovery_codes(user_id, codes, audit.clone()))
     }
 
-    /// Turns MFA off (its secret, codes and pending logins go); `false` when it was not on.
-    pub async fn disable_mfa(&self, user_id: i64) -> Result<bool, StoreError> {
-        dispatch!(self.disable_mfa(user_id))
+    /// Turns MFA off (its secret, codes and pending logins go), with `mfa.disabled`; `false`
+    /// when it was not on.
+    pub async fn disable_mfa(&self, user_id: i64, audit: &Context) -> Result<bool, StoreError> {
+        dispatch!(self.disable_mfa(user_id, audit.clone()))
     }
 
     /// Starts the second step of a login.
@@ -718,6 +760,32 @@ impl Store {
         dispatch!(self.purge_challenges(now))
     }
 
+    // The audit log.
+
+    /// Writes an event that records no other change (a failed or throttled login, a wrong
+    /// second-factor code).
+    pub async fn record_event(
+        &self,
+        event: audit::Event,
+        audit: &Context,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.record_event(event, audit.clone()))
+    }
+
+    /// A page of events, newest first (see [`audit::Query`]).
+    pub async fn audit_events(
+        &self,
+        query: audit::Query,
+    ) -> Result<Vec<audit::AuditEvent>, StoreError> {
+        dispatch!(self.audit_events(query))
+    }
+
+    /// Housekeeping: events from before `before` (unix seconds) go, at most `batch` of them (a
+    /// long backlog goes over several rounds, so no round holds the writer long). How many went.
+    pub async fn purge_audit(&self, before: u64, batch: u32) -> Result<u64, StoreError> {
+        dispatch!(self.purge_audit(before, batch))
+    }
+
     // Signing keys.
 
     /// Every signing key (retired ones included, until housekeeping removes them).
@@ -726,12 +794,14 @@ impl Store {
     }
 
     /// Adds a signing key in one transaction (see [`AddKey`]); the key that signs afterwards.
+    /// Writes `key.rotated`, or `key.created` when a first key (of its algorithm) is made.
     pub async fn add_signing_key(
         &self,
         key: StoredKey,
         how: AddKey,
+        audit: &Context,
     ) -> Result<StoredKey, StoreError> {
-        dispatch!(self.add_signing_key(key, how))
+        dispatch!(self.add_signing_key(key, how, audit.clone()))
     }
 
     /// Housekeeping: keys retired before `before` go (their last tokens have expired).
@@ -742,7 +812,7 @@ impl Store {
     // Sessions.
 
     /// Creates a session for a user that still exists and still has the password hash the login
-    /// verified (else `PasswordChanged`), in one statement.
+    /// verified (else `PasswordChanged`), with the login's event.
     pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), StoreError> {
         dispatch!(self.create_session(s))
     }
@@ -759,14 +829,20 @@ impl Store {
 
     /// Exchanges a refresh token in one transaction, so that two racing exchanges of one token
     /// are serialised: the first rotates, the second finds a just-spent token (grace) and never
-    /// starts a second chain. Reuse after the grace window deletes the session.
+    /// starts a second chain. Reuse after the grace window deletes the session and writes
+    /// `refresh.reuse_detected`.
     pub async fn refresh(&self, r: Rotation) -> Result<Refresh, StoreError> {
         dispatch!(self.refresh(r))
     }
 
-    /// Ends one session (logout): its access and refresh tokens stop working at once.
-    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
-        dispatch!(self.delete_session(session_id))
+    /// Ends one session (logout): its access and refresh tokens stop working at once
+    /// (`session.revoked`).
+    pub async fn delete_session(
+        &self,
+        session_id: String,
+        audit: &Context,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.delete_session(session_id, audit.clone()))
     }
 
     /// The user's live sessions, newest first.
@@ -778,18 +854,26 @@ impl Store {
         dispatch!(self.sessions_of(user_id, now))
     }
 
-    /// Ends one session of the user; `false` when the user has no session of this id.
-    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
-        dispatch!(self.end_session(user_id, session_id))
+    /// Ends one session of the user (`session.revoked`); `false` when the user has no session
+    /// of this id.
+    pub async fn end_session(
+        &self,
+        user_id: i64,
+        session_id: String,
+        audit: &Context,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.end_session(user_id, session_id, audit.clone()))
     }
 
-    /// Ends every session of the user but `keep`; how many ended.
+    /// Ends every session of the user but `keep` (`session.revoked`, when any ended); how many
+    /// ended.
     pub async fn end_sessions(
         &self,
         user_id: i64,
         keep: Option<String>,
+        audit: &Context,
     ) -> Result<u64, StoreError> {
-        dispatch!(self.end_sessions(user_id, keep))
+        dispatch!(self.end_sessions(user_id, keep, audit.clone()))
     }
 
     /// Housekeeping: deletes sessions past their end and forgets sealed successors whose grace

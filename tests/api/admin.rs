@@ -15,7 +15,11 @@ impl TestApp {
             .await
             .unwrap()
             .unwrap();
-        self.state.store.promote(user.id).await.unwrap();
+        self.state
+            .store
+            .promote(user.id, &warp_auth_api::audit::Context::system())
+            .await
+            .unwrap();
         self.login(email, PASSWORD).await.json()["access_token"]
             .as_str()
             .unwrap()

@@ -10,12 +10,12 @@ use super::binary::Server;
 use super::helpers::{PASSWORD, TestApp};
 use crate::smtp::{Catcher, Mail, free_port};
 
-const VERIFY: &str = "/account/verify-email?token=";
-const RESET: &str = "/account/reset-password?token=";
+pub(super) const VERIFY: &str = "/account/verify-email?token=";
+pub(super) const RESET: &str = "/account/reset-password?token=";
 /// Long enough for the worker on a busy 2-core machine.
-const MAIL_WAIT: Duration = Duration::from_secs(20);
+pub(super) const MAIL_WAIT: Duration = Duration::from_secs(20);
 
-async fn app_with(catcher: &Catcher, vars: &[(&str, &str)]) -> TestApp {
+pub(super) async fn app_with(catcher: &Catcher, vars: &[(&str, &str)]) -> TestApp {
     let url = catcher.url();
     let mut all = vec![
         ("SMTP_URL", url.as_str()),
@@ -25,22 +25,22 @@ async fn app_with(catcher: &Catcher, vars: &[(&str, &str)]) -> TestApp {
     TestApp::with(&all).await
 }
 
-async fn one_mail(catcher: &Catcher, to: &str, n: usize) -> Mail {
+pub(super) async fn one_mail(catcher: &Catcher, to: &str, n: usize) -> Mail {
     let mails = catcher.wait_for(to, n, MAIL_WAIT).await;
     mails[n - 1].clone()
 }
 
-async fn verify(app: &TestApp, token: &str) -> super::helpers::Reply {
+pub(super) async fn verify(app: &TestApp, token: &str) -> super::helpers::Reply {
     app.post_json("/api/v1/users/email/verify", &json!({"token": token}))
         .await
 }
 
-async fn forgot(app: &TestApp, email: &str) -> super::helpers::Reply {
+pub(super) async fn forgot(app: &TestApp, email: &str) -> super::helpers::Reply {
     app.post_json("/api/v1/users/password/forgot", &json!({"email": email}))
         .await
 }
 
-async fn reset(app: &TestApp, token: &str, new_password: &str) -> super::helpers::Reply {
+pub(super) async fn reset(app: &TestApp, token: &str, new_password: &str) -> super::helpers::Reply {
     app.post_json(
         "/api/v1/users/password/reset",
         &json!({"token": token, "new_password": new_password}),

@@ -26,6 +26,8 @@ mod sqlite {
 
     #[path = "admin.rs"]
     mod admin;
+    #[path = "audit.rs"]
+    mod audit;
     #[path = "auth.rs"]
     mod auth;
     #[path = "backup.rs"]
@@ -73,6 +75,8 @@ mod postgres {
 
     #[path = "admin.rs"]
     mod admin;
+    #[path = "audit.rs"]
+    mod audit;
     #[path = "auth.rs"]
     mod auth;
     #[path = "backup.rs"]

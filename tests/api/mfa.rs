@@ -6,7 +6,7 @@ use super::binary::Server;
 use super::helpers::{PASSWORD, Reply, TestApp};
 
 /// The code of the authenticator app for `secret` (base32) at unix time `at`.
-fn code_at(secret: &str, at: u64) -> String {
+pub(super) fn code_at(secret: &str, at: u64) -> String {
     let secret = totp_rs::Secret::try_from_base32(secret).expect("a base32 secret");
     totp_rs::Builder::new()
         .with_secret(secret)
@@ -16,7 +16,7 @@ fn code_at(secret: &str, at: u64) -> String {
         .to_string()
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     warp_auth_api::tokens::now_seconds()
 }
 
@@ -29,7 +29,7 @@ async fn call(app: &TestApp, method: &str, path: &str, token: &Value, body: Valu
 }
 
 /// Enrolls and confirms MFA for a fresh user: its token, secret and recovery codes.
-async fn enrolled(app: &TestApp, email: &str) -> (Value, String, Vec<String>) {
+pub(super) async fn enrolled(app: &TestApp, email: &str) -> (Value, String, Vec<String>) {
     let token = app.user(email).await;
     let started = call(
         app,
@@ -59,7 +59,7 @@ async fn enrolled(app: &TestApp, email: &str) -> (Value, String, Vec<String>) {
     (token, secret, codes)
 }
 
-async fn second_step(app: &TestApp, mfa_token: &str, code: &str) -> Reply {
+pub(super) async fn second_step(app: &TestApp, mfa_token: &str, code: &str) -> Reply {
     app.post_json(
         "/api/v1/users/login/mfa",
         &json!({"mfa_token": mfa_token, "code": code}),
@@ -68,7 +68,7 @@ async fn second_step(app: &TestApp, mfa_token: &str, code: &str) -> Reply {
 }
 
 /// A login whose password is right: the `mfa_token` of its 403.
-async fn mfa_token(app: &TestApp, email: &str) -> String {
+pub(super) async fn mfa_token(app: &TestApp, email: &str) -> String {
     let r = app.login(email, PASSWORD).await;
     let body = r.problem(403);
     assert_eq!(body["detail"], "A second factor is required");

@@ -32,6 +32,7 @@ impl PostgresStore {
         &self,
         key: StoredKey,
         how: AddKey,
+        audit: crate::audit::Context,
     ) -> Result<StoredKey, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -70,7 +71,7 @@ impl PostgresStore {
             &[&key.kid, &key.algorithm, &key.private_der, &key.created_at],
         )
         .await?;
-        tx.commit().await?;
+        super::audit::commit_with(tx, &audit, &[crate::audit::key_added(how, &key)]).await?;
         Ok(key)
     }
 

@@ -6,7 +6,9 @@
 
 use tokio_postgres::Transaction;
 
+use super::audit::commit_with;
 use super::{PostgresStore, to_i64, user_columns, user_from_row};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
@@ -46,6 +48,7 @@ impl PostgresStore {
         kind: MailKind,
         now: u64,
         hourly_limit: u32,
+        audit: Context,
     ) -> Result<Queued, StoreError> {
         let now = to_i64(now);
         let mut client = self.client().await?;
@@ -88,11 +91,17 @@ impl PostgresStore {
             });
         }
         queue(&tx, user_id, &email, kind, now).await?;
-        tx.commit().await?;
+        let event = crate::audit::mail_queued(kind, user_id);
+        commit_with(tx, &audit, event.as_slice()).await?;
         Ok(Queued::Yes)
     }
 
-    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
+    pub async fn verify_email(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+        audit: Context,
+    ) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -110,7 +119,12 @@ impl PostgresStore {
             )
             .await?;
         let user = row.as_ref().map(user_from_row).transpose()?;
-        tx.commit().await?;
+        commit_with(
+            tx,
+            &audit,
+            &[Event::new(Kind::EmailVerified, Some(user_id))],
+        )
+        .await?;
         Ok(user)
     }
 
@@ -135,6 +149,7 @@ impl PostgresStore {
         hash: [u8; 32],
         new_password_hash: String,
         now: u64,
+        audit: Context,
     ) -> Result<Option<i64>, StoreError> {
         let now = to_i64(now);
         let mut client = self.client().await?;
@@ -154,7 +169,12 @@ impl PostgresStore {
             .await?;
         tx.execute("DELETE FROM mail_tokens WHERE user_id = $1", &[&user_id])
             .await?;
-        tx.commit().await?;
+        commit_with(
+            tx,
+            &audit,
+            &[Event::new(Kind::PasswordReset, Some(user_id))],
+        )
+        .await?;
         Ok(Some(user_id))
     }
 

@@ -4,7 +4,9 @@
 
 use tokio_postgres::Transaction;
 
+use super::audit::commit_with;
 use super::{PostgresStore, role_from_db, to_i64};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{Challenge, StoreError, TotpRecord};
 
 async fn set_codes(
@@ -66,6 +68,7 @@ impl PostgresStore {
         .transpose()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn confirm_totp(
         &self,
         user_id: i64,
@@ -74,6 +77,7 @@ impl PostgresStore {
         codes: Vec<[u8; 32]>,
         keep: String,
         now: u64,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         let now = to_i64(now);
         let mut client = self.client().await?;
@@ -95,12 +99,14 @@ impl PostgresStore {
             return Ok(false);
         }
         set_codes(&tx, user_id, &codes).await?;
-        tx.execute(
-            "DELETE FROM sessions WHERE user_id = $1 AND id <> $2",
-            &[&user_id, &keep],
-        )
-        .await?;
-        tx.commit().await?;
+        let ended = tx
+            .execute(
+                "DELETE FROM sessions WHERE user_id = $1 AND id <> $2",
+                &[&user_id, &keep],
+            )
+            .await?;
+        let event = Event::new(Kind::MfaEnabled, Some(user_id)).with("sessions_ended", ended);
+        commit_with(tx, &audit, &[event]).await?;
         Ok(true)
     }
 
@@ -155,6 +161,7 @@ impl PostgresStore {
         &self,
         user_id: i64,
         codes: Vec<[u8; 32]>,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -168,11 +175,12 @@ impl PostgresStore {
             return Ok(false);
         }
         set_codes(&tx, user_id, &codes).await?;
-        tx.commit().await?;
+        let event = Event::new(Kind::MfaRecoveryCodesReplaced, Some(user_id));
+        commit_with(tx, &audit, &[event]).await?;
         Ok(true)
     }
 
-    pub async fn disable_mfa(&self, user_id: i64) -> Result<bool, StoreError> {
+    pub async fn disable_mfa(&self, user_id: i64, audit: Context) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let was_on = tx
@@ -191,7 +199,7 @@ impl PostgresStore {
         ] {
             tx.execute(statement, &[&user_id]).await?;
         }
-        tx.commit().await?;
+        commit_with(tx, &audit, &[Event::new(Kind::MfaDisabled, Some(user_id))]).await?;
         Ok(true)
     }
 

@@ -13,6 +13,7 @@
 //! (`StoreError::Unavailable`); the pool drops dead connections and makes new ones once the
 //! server is back.
 
+mod audit;
 mod keys;
 mod mail;
 mod mfa;
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0003_mail.sql"),
     include_str!("../../../migrations/postgres/0004_sessions_and_accounts.sql"),
     include_str!("../../../migrations/postgres/0005_mfa.sql"),
+    include_str!("../../../migrations/postgres/0006_audit.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

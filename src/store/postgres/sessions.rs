@@ -2,7 +2,9 @@
 //! with its grace window and reuse detection, and housekeeping. Row locks order what SQLite's one
 //! writer orders by itself.
 
+use super::audit::commit_with;
 use super::{PostgresStore, role_from_db, to_i64, user_columns, user_from_row};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{NewSession, Refresh, Rotation, SessionInfo, StoreError, User};
 
 /// Spent refresh tokens remembered per session (reuse of an older one is refused, not detected).
@@ -10,11 +12,12 @@ const SPENT_KEPT: i64 = 64;
 
 impl PostgresStore {
     pub async fn create_session(&self, s: NewSession<'_>) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
         // FOR SHARE: a password change under way (it holds the row's lock) is waited for and its
         // new hash then fails the check; a change that comes later waits for this insert and
         // then deletes the new session with the others.
-        let stmt = client
+        let stmt = tx
             .prepare_cached(
                 "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
                  SELECT $1, id, $3, $4, $5, $4, $7, $8 FROM users
@@ -23,7 +26,7 @@ impl PostgresStore {
                  FOR SHARE",
             )
             .await?;
-        let inserted = client
+        let inserted = tx
             .execute(
                 &stmt,
                 &[
@@ -43,7 +46,7 @@ impl PostgresStore {
             // The user was deleted or disabled, or its password changed, since the check.
             return Err(StoreError::PasswordChanged);
         }
-        Ok(())
+        commit_with(tx, s.audit, &[s.event]).await
     }
 
     pub async fn session_user(
@@ -168,7 +171,9 @@ impl PostgresStore {
             Some((session_id, user_id)) => {
                 tx.execute("DELETE FROM sessions WHERE id = $1", &[&session_id])
                     .await?;
-                tx.commit().await?;
+                let event = Event::new(Kind::RefreshReuseDetected, Some(user_id))
+                    .with("session_id", session_id.as_str());
+                commit_with(tx, &r.audit, &[event]).await?;
                 Ok(Refresh::Reused {
                     user_id,
                     session_id,
@@ -178,13 +183,25 @@ impl PostgresStore {
         }
     }
 
-    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("DELETE FROM sessions WHERE id = $1")
+    pub async fn delete_session(
+        &self,
+        session_id: String,
+        audit: Context,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached("DELETE FROM sessions WHERE id = $1 RETURNING user_id")
             .await?;
-        client.execute(&stmt, &[&session_id]).await?;
-        Ok(())
+        let events: Vec<Event> = tx
+            .query_opt(&stmt, &[&session_id])
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?
+            .map(|user_id| crate::audit::sessions_revoked(user_id, "logout", Some(&session_id), 1))
+            .into_iter()
+            .collect();
+        commit_with(tx, &audit, &events).await
     }
 
     pub async fn sessions_of(
@@ -217,29 +234,50 @@ impl PostgresStore {
             .collect()
     }
 
-    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let ended = client
+    pub async fn end_session(
+        &self,
+        user_id: i64,
+        session_id: String,
+        audit: Context,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let ended = tx
             .execute(
                 "DELETE FROM sessions WHERE id = $1 AND user_id = $2",
                 &[&session_id, &user_id],
             )
             .await?;
-        Ok(ended == 1)
+        if ended == 0 {
+            return Ok(false);
+        }
+        let reason = crate::audit::revoked_by(&audit, user_id);
+        let event = crate::audit::sessions_revoked(user_id, reason, Some(&session_id), 1);
+        commit_with(tx, &audit, &[event]).await?;
+        Ok(true)
     }
 
     pub async fn end_sessions(
         &self,
         user_id: i64,
         keep: Option<String>,
+        audit: Context,
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        Ok(client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let ended = tx
             .execute(
                 "DELETE FROM sessions WHERE user_id = $1 AND ($2::text IS NULL OR id <> $2)",
                 &[&user_id, &keep],
             )
-            .await?)
+            .await?;
+        let reason = crate::audit::revoked_by(&audit, user_id);
+        let events: Vec<Event> = (ended > 0)
+            .then(|| crate::audit::sessions_revoked(user_id, reason, None, ended))
+            .into_iter()
+            .collect();
+        commit_with(tx, &audit, &events).await?;
+        Ok(ended)
     }
 
     pub async fn purge_expired_sessions(

@@ -4,11 +4,13 @@
 
 use tokio_postgres::Transaction;
 
+use super::audit::commit_with;
 use super::mail;
 use super::{
     PostgresStore, is_unique_violation, lock_admins, role_from_db, to_i64, user_columns,
     user_from_row,
 };
+use crate::audit::{Context, Event, Kind};
 use crate::store::{Credentials, MailKind, Page, Role, StoreError, User, UserChange, UserQuery};
 
 impl PostgresStore {
@@ -27,6 +29,7 @@ impl PostgresStore {
         password_hash: String,
         role: Role,
         verification_at: Option<u64>,
+        audit: Context,
     ) -> Result<User, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -57,7 +60,8 @@ impl PostgresStore {
             )
             .await?;
         }
-        tx.commit().await?;
+        let event = Event::new(Kind::UserRegistered, Some(user.id)).with("role", role.as_str());
+        commit_with(tx, &audit, &[event]).await?;
         Ok(user)
     }
 
@@ -111,6 +115,7 @@ impl PostgresStore {
         user_id: i64,
         old: String,
         new: String,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -133,7 +138,12 @@ impl PostgresStore {
             &[&user_id],
         )
         .await?;
-        tx.commit().await?;
+        commit_with(
+            tx,
+            &audit,
+            &[Event::new(Kind::PasswordChanged, Some(user_id))],
+        )
+        .await?;
         Ok(true)
     }
 
@@ -222,15 +232,26 @@ impl PostgresStore {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
+    pub async fn mark_email_verified(
+        &self,
+        user_id: i64,
+        now: u64,
+        audit: Context,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let verified = tx
             .execute(
                 "UPDATE users SET email_verified_at = $1 WHERE id = $2 AND email_verified_at IS NULL",
                 &[&to_i64(now), &user_id],
             )
             .await?;
-        Ok(())
+        let events = if verified == 1 {
+            vec![Event::new(Kind::EmailVerified, Some(user_id)).with("by", "create-admin")]
+        } else {
+            Vec::new()
+        };
+        commit_with(tx, &audit, &events).await
     }
 
     pub async fn update_user(
@@ -238,21 +259,22 @@ impl PostgresStore {
         actor_id: i64,
         user_id: i64,
         change: UserChange,
+        audit: Context,
     ) -> Result<User, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_admins(&tx).await?;
         require_admin(&tx, actor_id).await?;
-        let user = change_user(&tx, user_id, change).await?;
-        tx.commit().await?;
+        let (user, event) = change_user(&tx, user_id, change).await?;
+        commit_with(tx, &audit, event.as_slice()).await?;
         Ok(user)
     }
 
-    pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
+    pub async fn promote(&self, user_id: i64, audit: Context) -> Result<User, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_admins(&tx).await?;
-        let user = change_user(
+        let (user, event) = change_user(
             &tx,
             user_id,
             UserChange {
@@ -261,11 +283,16 @@ impl PostgresStore {
             },
         )
         .await?;
-        tx.commit().await?;
+        commit_with(tx, &audit, event.as_slice()).await?;
         Ok(user)
     }
 
-    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
+    pub async fn delete_user(
+        &self,
+        actor_id: Option<i64>,
+        user_id: i64,
+        audit: Context,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         lock_admins(&tx).await?;
@@ -282,8 +309,7 @@ impl PostgresStore {
         }
         tx.execute("DELETE FROM users WHERE id = $1", &[&user_id])
             .await?;
-        tx.commit().await?;
-        Ok(())
+        commit_with(tx, &audit, &[crate::audit::deleted(actor_id, user_id)]).await
     }
 }
 
@@ -338,12 +364,13 @@ async fn require_admin(tx: &Transaction<'_>, actor_id: i64) -> Result<(), StoreE
 }
 
 /// Applies a change inside a transaction holding the admin lock, refusing to leave no enabled
-/// admin; disabling ends the user's sessions.
+/// admin; disabling ends the user's sessions. The user afterwards, and the event of what changed
+/// (none when nothing did).
 async fn change_user(
     tx: &Transaction<'_>,
     user_id: i64,
     change: UserChange,
-) -> Result<User, StoreError> {
+) -> Result<(User, Option<Event>), StoreError> {
     let current = standing_of(tx, user_id).await?;
     let after = Standing {
         role: change.role.unwrap_or(current.role),
@@ -368,9 +395,17 @@ async fn change_user(
             &[&after.role.as_str(), &after.disabled, &user_id],
         )
         .await?;
+    let mut sessions_ended = 0;
     if after.disabled && !current.disabled {
-        tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
+        sessions_ended = tx
+            .execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
             .await?;
     }
-    user_from_row(&row)
+    let event = crate::audit::user_updated(
+        user_id,
+        (current.role, after.role),
+        (current.disabled, after.disabled),
+        sessions_ended,
+    );
+    Ok((user_from_row(&row)?, event))
 }

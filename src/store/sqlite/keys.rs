@@ -3,6 +3,8 @@
 use tokio_rusqlite::rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 
 use super::SqliteStore;
+use super::audit::commit_with;
+use crate::audit::Context;
 use crate::store::{AddKey, StoreError, StoredKey};
 
 fn key_from_row(r: &Row<'_>) -> tokio_rusqlite::rusqlite::Result<StoredKey> {
@@ -32,6 +34,7 @@ impl SqliteStore {
         &self,
         key: StoredKey,
         how: AddKey,
+        audit: Context,
     ) -> Result<StoredKey, StoreError> {
         self.write(move |c| {
             // IMMEDIATE: the check and the insert under one write lock, also across processes.
@@ -59,7 +62,7 @@ impl SqliteStore {
                 "INSERT INTO signing_keys (kid, algorithm, private_der, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![key.kid, key.algorithm, key.private_der, key.created_at])?;
-            tx.commit()?;
+            commit_with(tx, &audit, &[crate::audit::key_added(how, &key)])?;
             Ok(key)
         })
         .await

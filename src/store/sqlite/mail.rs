@@ -6,7 +6,9 @@
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
+use super::audit::commit_with;
 use super::{SqliteStore, to_i64, user_from_row};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
@@ -48,6 +50,7 @@ impl SqliteStore {
         kind: MailKind,
         now: u64,
         hourly_limit: u32,
+        audit: Context,
     ) -> Result<Queued, StoreError> {
         let now = to_i64(now);
         self.write(move |c| {
@@ -80,13 +83,19 @@ impl SqliteStore {
                 });
             }
             queue(&tx, user_id, &email, kind, now)?;
-            tx.commit()?;
+            let event = crate::audit::mail_queued(kind, user_id);
+            commit_with(tx, &audit, event.as_slice())?;
             Ok(Queued::Yes)
         })
         .await
     }
 
-    pub async fn verify_email(&self, hash: [u8; 32], now: u64) -> Result<Option<User>, StoreError> {
+    pub async fn verify_email(
+        &self,
+        hash: [u8; 32],
+        now: u64,
+        audit: Context,
+    ) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -101,7 +110,11 @@ impl SqliteStore {
                 ))?
                 .query_row(params![now, user_id], user_from_row)
                 .optional()?;
-            tx.commit()?;
+            commit_with(
+                tx,
+                &audit,
+                &[Event::new(Kind::EmailVerified, Some(user_id))],
+            )?;
             Ok(user)
         })
         .await
@@ -129,6 +142,7 @@ impl SqliteStore {
         hash: [u8; 32],
         new_password_hash: String,
         now: u64,
+        audit: Context,
     ) -> Result<Option<i64>, StoreError> {
         let now = to_i64(now);
         self.write(move |c| {
@@ -145,7 +159,7 @@ impl SqliteStore {
                 .execute(params![user_id])?;
             tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1")?
                 .execute(params![user_id])?;
-            tx.commit()?;
+            commit_with(tx, &audit, &[Event::new(Kind::PasswordReset, Some(user_id))])?;
             Ok(Some(user_id))
         })
         .await

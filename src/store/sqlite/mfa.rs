@@ -3,7 +3,9 @@
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
+use super::audit::commit_with;
 use super::{SqliteStore, role_from_db, to_i64};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{Challenge, StoreError, TotpRecord};
 
 fn set_codes(
@@ -60,6 +62,7 @@ impl SqliteStore {
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn confirm_totp(
         &self,
         user_id: i64,
@@ -68,6 +71,7 @@ impl SqliteStore {
         codes: Vec<[u8; 32]>,
         keep: String,
         now: u64,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         let now = to_i64(now);
         self.write(move |c| {
@@ -84,9 +88,11 @@ impl SqliteStore {
             tx.prepare_cached("UPDATE users SET mfa_enabled_at = ?1 WHERE id = ?2")?
                 .execute(params![now, user_id])?;
             set_codes(&tx, user_id, &codes)?;
-            tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id != ?2")?
+            let ended = tx
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id != ?2")?
                 .execute(params![user_id, keep])?;
-            tx.commit()?;
+            let event = Event::new(Kind::MfaEnabled, Some(user_id)).with("sessions_ended", ended);
+            commit_with(tx, &audit, &[event])?;
             Ok(true)
         })
         .await
@@ -145,6 +151,7 @@ impl SqliteStore {
         &self,
         user_id: i64,
         codes: Vec<[u8; 32]>,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -157,13 +164,14 @@ impl SqliteStore {
                 return Ok(false);
             }
             set_codes(&tx, user_id, &codes)?;
-            tx.commit()?;
+            let event = Event::new(Kind::MfaRecoveryCodesReplaced, Some(user_id));
+            commit_with(tx, &audit, &[event])?;
             Ok(true)
         })
         .await
     }
 
-    pub async fn disable_mfa(&self, user_id: i64) -> Result<bool, StoreError> {
+    pub async fn disable_mfa(&self, user_id: i64, audit: Context) -> Result<bool, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let was_on = tx
@@ -181,7 +189,7 @@ impl SqliteStore {
             ] {
                 tx.prepare_cached(table)?.execute(params![user_id])?;
             }
-            tx.commit()?;
+            commit_with(tx, &audit, &[Event::new(Kind::MfaDisabled, Some(user_id))])?;
             Ok(true)
         })
         .await

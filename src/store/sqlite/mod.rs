@@ -6,6 +6,7 @@
 //! migrations under `migrations/sqlite/` are applied at start; the version is kept in
 //! `PRAGMA user_version` and checked, so an older binary refuses a newer database.
 
+mod audit;
 mod backup;
 mod keys;
 mod mail;
@@ -33,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0003_mail.sql"),
     include_str!("../../../migrations/sqlite/0004_sessions_and_accounts.sql"),
     include_str!("../../../migrations/sqlite/0005_mfa.sql"),
+    include_str!("../../../migrations/sqlite/0006_audit.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -3,7 +3,9 @@
 
 use tokio_rusqlite::rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use super::audit::commit_with;
 use super::{SqliteStore, role_from_db, to_i64, user_from_row};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{NewSession, Refresh, Role, Rotation, SessionInfo, StoreError, User};
 
 /// The session whose previous refresh token was presented.
@@ -30,8 +32,10 @@ impl SqliteStore {
             to_i64(s.expires_at),
         );
         let (user_agent, ip, second_factor) = (s.user_agent, s.ip, s.second_factor);
+        let (event, audit) = (s.event, s.audit.clone());
         self.write(move |c| {
-            let inserted = c
+            let tx = c.transaction()?;
+            let inserted = tx
                 .prepare_cached(
                     "INSERT INTO sessions (id, user_id, refresh_hash, created_at, expires_at, last_used_at, user_agent, ip)
                      SELECT ?1, id, ?3, ?4, ?5, ?4, ?7, ?8 FROM users
@@ -43,6 +47,7 @@ impl SqliteStore {
                 // The user was deleted or disabled, or its password changed, since the check.
                 return Err(StoreError::PasswordChanged);
             }
+            commit_with(tx, &audit, &[event])?;
             Ok(())
         })
         .await
@@ -175,7 +180,9 @@ impl SqliteStore {
                 Some((session_id, user_id)) => {
                     tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                         .execute(params![session_id])?;
-                    tx.commit()?;
+                    let event = Event::new(Kind::RefreshReuseDetected, Some(user_id))
+                        .with("session_id", session_id.as_str());
+                    commit_with(tx, &r.audit, &[event])?;
                     Ok(Refresh::Reused { user_id, session_id })
                 }
                 None => Ok(Refresh::Invalid),
@@ -185,10 +192,22 @@ impl SqliteStore {
     }
 
     /// Ends one session (logout): its access and refresh tokens stop working at once.
-    pub async fn delete_session(&self, session_id: String) -> Result<(), StoreError> {
+    pub async fn delete_session(
+        &self,
+        session_id: String,
+        audit: Context,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-                .execute(params![session_id])?;
+            let tx = c.transaction()?;
+            let user_id: Option<i64> = tx
+                .prepare_cached("DELETE FROM sessions WHERE id = ?1 RETURNING user_id")?
+                .query_row(params![session_id], |r| r.get(0))
+                .optional()?;
+            let events: Vec<Event> = user_id
+                .map(|u| crate::audit::sessions_revoked(u, "logout", Some(&session_id), 1))
+                .into_iter()
+                .collect();
+            commit_with(tx, &audit, &events)?;
             Ok(())
         })
         .await
@@ -221,12 +240,28 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn end_session(&self, user_id: i64, session_id: String) -> Result<bool, StoreError> {
+    pub async fn end_session(
+        &self,
+        user_id: i64,
+        session_id: String,
+        audit: Context,
+    ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let ended = c
+            let tx = c.transaction()?;
+            let ended = tx
                 .prepare_cached("DELETE FROM sessions WHERE id = ?1 AND user_id = ?2")?
                 .execute(params![session_id, user_id])?;
-            Ok(ended == 1)
+            if ended == 0 {
+                return Ok(false);
+            }
+            let event = crate::audit::sessions_revoked(
+                user_id,
+                crate::audit::revoked_by(&audit, user_id),
+                Some(&session_id),
+                1,
+            );
+            commit_with(tx, &audit, &[event])?;
+            Ok(true)
         })
         .await
     }
@@ -235,14 +270,28 @@ impl SqliteStore {
         &self,
         user_id: i64,
         keep: Option<String>,
+        audit: Context,
     ) -> Result<u64, StoreError> {
         self.write(move |c| {
-            let ended = c
+            let tx = c.transaction()?;
+            let ended = tx
                 .prepare_cached(
                     "DELETE FROM sessions WHERE user_id = ?1 AND (?2 IS NULL OR id != ?2)",
                 )?
-                .execute(params![user_id, keep])?;
-            Ok(ended as u64)
+                .execute(params![user_id, keep])? as u64;
+            let events: Vec<Event> = (ended > 0)
+                .then(|| {
+                    crate::audit::sessions_revoked(
+                        user_id,
+                        crate::audit::revoked_by(&audit, user_id),
+                        None,
+                        ended,
+                    )
+                })
+                .into_iter()
+                .collect();
+            commit_with(tx, &audit, &events)?;
+            Ok(ended)
         })
         .await
     }

@@ -2,8 +2,10 @@
 
 use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
+use super::audit::commit_with;
 use super::mail;
 use super::{SqliteStore, is_unique_violation, role_from_db, to_i64, user_columns, user_from_row};
+use crate::audit::{Context, Event, Kind};
 use crate::store::{Credentials, MailKind, Page, Role, StoreError, User, UserChange, UserQuery};
 
 impl SqliteStore {
@@ -24,6 +26,7 @@ impl SqliteStore {
         password_hash: String,
         role: Role,
         verification_at: Option<u64>,
+        audit: Context,
     ) -> Result<User, StoreError> {
         self.write(move |c| {
             // An explicit transaction: its commit reports a failure (a full disk) that a
@@ -48,7 +51,8 @@ impl SqliteStore {
             if let Some(now) = verification_at {
                 mail::queue(&tx, user.id, &user.email, MailKind::VerifyEmail, to_i64(now))?;
             }
-            tx.commit()?;
+            let event = Event::new(Kind::UserRegistered, Some(user.id)).with("role", role.as_str());
+            commit_with(tx, &audit, &[event])?;
             Ok(user)
         })
         .await
@@ -111,6 +115,7 @@ impl SqliteStore {
         user_id: i64,
         old: String,
         new: String,
+        audit: Context,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -129,7 +134,11 @@ impl SqliteStore {
                 "DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = 'reset_password'",
             )?
             .execute(params![user_id])?;
-            tx.commit()?;
+            commit_with(
+                tx,
+                &audit,
+                &[Event::new(Kind::PasswordChanged, Some(user_id))],
+            )?;
             Ok(true)
         })
         .await
@@ -215,12 +224,25 @@ impl SqliteStore {
     }
 
     /// Marks the email verified now, unless it already is.
-    pub async fn mark_email_verified(&self, user_id: i64, now: u64) -> Result<(), StoreError> {
+    pub async fn mark_email_verified(
+        &self,
+        user_id: i64,
+        now: u64,
+        audit: Context,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE users SET email_verified_at = ?1 WHERE id = ?2 AND email_verified_at IS NULL",
-            )?
-            .execute(params![to_i64(now), user_id])?;
+            let tx = c.transaction()?;
+            let verified = tx
+                .prepare_cached(
+                    "UPDATE users SET email_verified_at = ?1 WHERE id = ?2 AND email_verified_at IS NULL",
+                )?
+                .execute(params![to_i64(now), user_id])?;
+            let events = if verified == 1 {
+                vec![Event::new(Kind::EmailVerified, Some(user_id)).with("by", "create-admin")]
+            } else {
+                Vec::new()
+            };
+            commit_with(tx, &audit, &events)?;
             Ok(())
         })
         .await
@@ -235,22 +257,23 @@ impl SqliteStore {
         actor_id: i64,
         user_id: i64,
         change: UserChange,
+        audit: Context,
     ) -> Result<User, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_admin(&tx, actor_id)?;
-            let user = change_user(&tx, user_id, change)?;
-            tx.commit()?;
+            let (user, event) = change_user(&tx, user_id, change)?;
+            commit_with(tx, &audit, event.as_slice())?;
             Ok(user)
         })
         .await
     }
 
     /// Makes a user an admin (the `create-admin` command: the operator needs no role).
-    pub async fn promote(&self, user_id: i64) -> Result<User, StoreError> {
+    pub async fn promote(&self, user_id: i64, audit: Context) -> Result<User, StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let user = change_user(
+            let (user, event) = change_user(
                 &tx,
                 user_id,
                 UserChange {
@@ -258,7 +281,7 @@ impl SqliteStore {
                     disabled: None,
                 },
             )?;
-            tx.commit()?;
+            commit_with(tx, &audit, event.as_slice())?;
             Ok(user)
         })
         .await
@@ -267,7 +290,12 @@ impl SqliteStore {
     /// Deletes a user and (foreign key cascade) its sessions: the user itself when `actor_id` is
     /// `None`, else as that admin, whose role is checked inside the transaction. Unknown is 404;
     /// the last admin is refused with 409, whether an admin deletes it or it deletes itself.
-    pub async fn delete_user(&self, actor_id: Option<i64>, user_id: i64) -> Result<(), StoreError> {
+    pub async fn delete_user(
+        &self,
+        actor_id: Option<i64>,
+        user_id: i64,
+        audit: Context,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(actor_id) = actor_id {
@@ -285,7 +313,7 @@ impl SqliteStore {
             }
             tx.prepare_cached("DELETE FROM users WHERE id = ?1")?
                 .execute(params![user_id])?;
-            tx.commit()?;
+            commit_with(tx, &audit, &[crate::audit::deleted(actor_id, user_id)])?;
             Ok(())
         })
         .await
@@ -341,12 +369,13 @@ fn require_admin(tx: &rusqlite::Transaction<'_>, actor_id: i64) -> Result<(), St
 }
 
 /// Applies a change inside a write transaction, refusing to leave no enabled admin; disabling
-/// ends the user's sessions.
+/// ends the user's sessions. The user afterwards, and the event of what changed (none when
+/// nothing did).
 fn change_user(
     tx: &rusqlite::Transaction<'_>,
     user_id: i64,
     change: UserChange,
-) -> Result<User, StoreError> {
+) -> Result<(User, Option<Event>), StoreError> {
     let current = standing_of(tx, user_id)?;
     let after = Standing {
         role: change.role.unwrap_or(current.role),
@@ -355,11 +384,19 @@ fn change_user(
     if current.enabled_admin() && !after.enabled_admin() && admins_other_than(tx, user_id)? == 0 {
         return Err(StoreError::LastAdmin);
     }
+    let mut sessions_ended = 0;
     if after.disabled && !current.disabled {
-        tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+        sessions_ended = tx
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
             .execute(params![user_id])?;
     }
-    Ok(tx
+    let event = crate::audit::user_updated(
+        user_id,
+        (current.role, after.role),
+        (current.disabled, after.disabled),
+        sessions_ended as u64,
+    );
+    let user = tx
         .prepare_cached(concat!(
             "UPDATE users SET role = ?1,
                  disabled_at = CASE WHEN ?2 THEN coalesce(disabled_at, unixepoch()) END
@@ -369,5 +406,6 @@ fn change_user(
         .query_row(
             params![after.role.as_str(), after.disabled, user_id],
             user_from_row,
-        )?)
+        )?;
+    Ok((user, event))
 }
