@@ -571,3 +571,92 @@ async fn an_admin_sends_a_password_reset_mail() {
     r.problem(405);
     assert_eq!(r.header("allow"), Some("POST"));
 }
+
+#[tokio::test]
+async fn total_stays_exact_through_every_insert_and_delete() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("root@example.com").await;
+    for i in 0..5 {
+        app.register(&format!("t{i}@example.com"), PASSWORD)
+            .await
+            .assert_status(201);
+    }
+    // Racing registrations of one email: one counts.
+    let racing = (0..4).map(|_| app.register("same@example.com", PASSWORD));
+    futures_util::future::join_all(racing).await;
+    assert_eq!(total_of(&app, &admin).await, 7);
+    let t0 = app.id_of("t0@example.com").await;
+    app.admin("DELETE", &format!("/api/v1/admin/users/{t0}"), &admin, None)
+        .await
+        .assert_status(204);
+    let t1 = app.token("t1x@example.com").await;
+    app.authed("DELETE", "/api/v1/users/me", &t1, None)
+        .await
+        .assert_status(204);
+    // Rows written by something else than the service count too.
+    app.exec(
+        "INSERT INTO users (email, password_hash) VALUES ('direct@example.com', 'x');
+         DELETE FROM users WHERE email = 't4@example.com'",
+    )
+    .await;
+    let counted = app.query_i64("SELECT count(*) FROM users").await;
+    assert_eq!(counted, 6);
+    assert_eq!(total_of(&app, &admin).await, counted);
+    // With a search, the matches are counted.
+    let page = app
+        .admin("GET", "/api/v1/admin/users?q=t2", &admin, None)
+        .await
+        .json();
+    assert_eq!(page["total"], 1);
+}
+
+#[tokio::test]
+async fn the_user_count_of_an_older_database_starts_from_its_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let app = TestApp::in_dir(dir, &[]).await;
+    app.admin_token("root@example.com").await;
+    app.register("old@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    // Back to the schema before the count (version 6), with a user the count does not know.
+    let TestApp { state, dir, .. } = app;
+    state.store.close().await.unwrap();
+    drop(state);
+    let back = match super::BACKEND {
+        crate::Backend::Sqlite => {
+            "DROP TRIGGER users_counted_in; DROP TRIGGER users_counted_out; DROP TABLE counters;
+             PRAGMA user_version = 6;"
+        }
+        crate::Backend::Postgres => {
+            "DROP TRIGGER users_counted ON users; DROP FUNCTION count_users(); DROP TABLE counters;
+             DELETE FROM schema_migrations WHERE version >= 7;"
+        }
+    };
+    super::helpers::exec(&path, back).await;
+    super::helpers::exec(
+        &path,
+        "INSERT INTO users (email, password_hash) VALUES ('older@example.com', 'x')",
+    )
+    .await;
+    // The start migrates, and the count starts from the users there are.
+    let app = TestApp::in_dir(dir, &[]).await;
+    let admin = app.login("root@example.com", PASSWORD).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = app
+        .admin("GET", "/api/v1/admin/users", &admin, None)
+        .await
+        .json();
+    assert_eq!(page["total"], 3);
+}
+
+/// The admin list's `total`.
+async fn total_of(app: &TestApp, admin: &str) -> i64 {
+    let page = app
+        .admin("GET", "/api/v1/admin/users?limit=1", admin, None)
+        .await;
+    page.assert_status(200);
+    page.json()["total"].as_i64().unwrap()
+}

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/postgres/0004_sessions_and_accounts.sql"),
     include_str!("../../../migrations/postgres/0005_mfa.sql"),
     include_str!("../../../migrations/postgres/0006_audit.sql"),
+    include_str!("../../../migrations/postgres/0007_counters.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

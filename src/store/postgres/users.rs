@@ -172,14 +172,22 @@ impl PostgresStore {
             .read_only(true)
             .start()
             .await?;
-        // strpos rather than LIKE: nothing in `q` is a pattern (emails are stored lower-cased).
-        let total: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM users WHERE $1::text IS NULL OR strpos(email, $1) > 0",
-                &[&query.q],
-            )
-            .await?
-            .try_get(0)?;
+        // Every user: the count the trigger keeps (no scan, however many there are). Those
+        // matching `q`: counted (the search reads them all anyway). strpos rather than LIKE:
+        // nothing in `q` is a pattern (emails are stored lower-cased).
+        let total: i64 = match &query.q {
+            None => tx
+                .query_one("SELECT value FROM counters WHERE name = 'users'", &[])
+                .await?
+                .try_get(0)?,
+            Some(q) => tx
+                .query_one(
+                    "SELECT count(*) FROM users WHERE strpos(email, $1) > 0",
+                    &[q],
+                )
+                .await?
+                .try_get(0)?,
+        };
         let stmt = tx
             .prepare_cached(concat!(
                 "SELECT ",

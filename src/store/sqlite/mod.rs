@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../migrations/sqlite/0004_sessions_and_accounts.sql"),
     include_str!("../../../migrations/sqlite/0005_mfa.sql"),
     include_str!("../../../migrations/sqlite/0006_audit.sql"),
+    include_str!("../../../migrations/sqlite/0007_counters.sql"),
 ];
 /// The schema version this program makes and reads.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
