@@ -1,5 +1,7 @@
 //! Access tokens (JWT, `typ: at+jwt`) and refresh tokens (opaque, stored only as SHA-256).
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -11,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::keys::{ACCESS_TOKEN_TYPE, KeyRing, LEEWAY_SECONDS};
+use crate::keys::{ACCESS_TOKEN_TYPE, KeyRing, KeySet, LEEWAY_SECONDS};
 use crate::store::Role;
 
 /// The claims of an access token.
@@ -54,6 +56,59 @@ pub struct TokenKeys {
     issuer: Option<String>,
     audience: Option<String>,
     ttl_seconds: u64,
+    verified: Verified,
+}
+
+/// Access tokens this process has verified lately, by their whole text, until their `exp`.
+///
+/// A client sends the same token on every request until it expires; checking its signature again
+/// each time costs an Ed25519 verify (~65 µs) or an HMAC (~4 µs) for nothing. An entry answers
+/// only for the exact token that passed the full check ([`TokenKeys::verify`]), only before its
+/// `exp` (the full check would still accept it for the leeway after), and only while the key that
+/// verified it is in the key set: every check the full path makes is either about the token's
+/// bytes (the same bytes), the key (still there, so the same key: a `kid` names one key), or the
+/// clock (`exp`: checked; `nbf` and `iat`: time only makes them pass more). A token refused is
+/// never kept. Revocation is not the cache's business: the session is read from the store on
+/// every request after this. Bounded: at [`VERIFIED_CAPACITY`] the expired entries go, and if
+/// that frees nothing the whole cache is dropped (a valid token costs a login or a refresh to get,
+/// so churning it is as slow as the database).
+#[derive(Default)]
+struct Verified {
+    entries: RwLock<HashMap<Box<str>, CachedClaims>>,
+}
+
+/// Tokens kept at most (a few MiB).
+const VERIFIED_CAPACITY: usize = 8192;
+
+struct CachedClaims {
+    claims: AccessClaims,
+    exp: u64,
+    kid: Option<Box<str>>,
+}
+
+impl Verified {
+    fn get(&self, token: &str, now: u64, keys: &KeySet) -> Option<AccessClaims> {
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let cached = entries.get(token)?;
+        (now < cached.exp && keys.verifier(cached.kid.as_deref()).is_some())
+            .then(|| cached.claims.clone())
+    }
+
+    fn insert(&self, token: &str, cached: CachedClaims, now: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_CAPACITY {
+            entries.retain(|_, c| now < c.exp);
+            if entries.len() >= VERIFIED_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), cached);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 impl TokenKeys {
@@ -63,6 +118,7 @@ impl TokenKeys {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             ttl_seconds: u64::from(config.access_token_minutes) * 60,
+            verified: Verified::default(),
         }
     }
 
@@ -101,8 +157,17 @@ impl TokenKeys {
     /// and audience. Every failure but an unknown key is the same [`Refused::Invalid`]: a caller
     /// learns nothing about which check failed.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, Refused> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid)?;
+        self.verify_at(token, now_seconds())
+    }
+
+    /// [`verify`](Self::verify) at unix time `now`: first the tokens verified lately, then the
+    /// whole check, whose success is remembered.
+    fn verify_at(&self, token: &str, now: u64) -> Result<AccessClaims, Refused> {
         let keys = self.ring.current();
+        if let Some(claims) = self.verified.get(token, now, &keys) {
+            return Ok(claims);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid)?;
         let verifier = keys
             .verifier(header.kid.as_deref())
             .ok_or(if header.kid.is_some() {
@@ -116,14 +181,24 @@ impl TokenKeys {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
                 || t.eq_ignore_ascii_case("application/at+jwt")
         });
-        if !typ_ok || data.claims.iat > now_seconds() + LEEWAY_SECONDS {
+        if !typ_ok || data.claims.iat > now + LEEWAY_SECONDS {
             return Err(Refused::Invalid);
         }
         let user_id = canonical_user_id(&data.claims.sub).ok_or(Refused::Invalid)?;
-        Ok(AccessClaims {
+        let claims = AccessClaims {
             user_id,
             session_id: data.claims.sid,
-        })
+        };
+        self.verified.insert(
+            token,
+            CachedClaims {
+                claims: claims.clone(),
+                exp: data.claims.exp,
+                kid: header.kid.map(Into::into),
+            },
+            now,
+        );
+        Ok(claims)
     }
 }
 
@@ -333,6 +408,82 @@ mod tests {
         let token = resigned(&k, serde_json::json!({ "sub": 7 }));
         assert!(k.verify(&token).is_err(), "a number, not a string");
         assert_eq!(canonical_user_id(&i64::MAX.to_string()), Some(i64::MAX));
+    }
+
+    #[test]
+    fn a_remembered_token_is_accepted_only_as_the_full_check_would() {
+        let k = keys(&[("JWT_SECRET", SECRET), ("ACCESS_TOKEN_EXPIRE_MINUTES", "1")]);
+        let token = k.issue(7, "s1", Role::Member).unwrap();
+        let now = now_seconds();
+        let claims = k.verify_at(&token, now).unwrap();
+        assert_eq!(k.verified.len(), 1, "remembered after the full check");
+        assert_eq!(k.verify_at(&token, now + 1).unwrap(), claims);
+
+        // Any other text is checked in full: every one-character change is refused, as the full
+        // check refuses it, though the original is remembered.
+        let fresh = keys(&[("JWT_SECRET", SECRET), ("ACCESS_TOKEN_EXPIRE_MINUTES", "1")]);
+        for i in 0..token.len() {
+            for replacement in ['A', 'x', '_', '.'] {
+                let mut bytes = token.clone().into_bytes();
+                if bytes[i] == replacement as u8 {
+                    continue;
+                }
+                bytes[i] = replacement as u8;
+                let changed = String::from_utf8(bytes).unwrap();
+                assert_eq!(
+                    k.verify_at(&changed, now).is_ok(),
+                    fresh.verify_at(&changed, now).is_ok(),
+                    "{changed}"
+                );
+            }
+        }
+        assert!(k.verify_at(&format!("{token} "), now).is_err());
+        assert!(k.verify_at(&token[..token.len() - 1], now).is_err());
+
+        // Not from `exp` on, though the full check would still take it for the leeway.
+        let exp = now + 60;
+        assert!(k.verify_at(&token, exp - 1).is_ok());
+        assert!(k.verify(&token).is_ok());
+        let remembered = k.verified.get(&token, exp, &k.ring.current());
+        assert!(remembered.is_none(), "an entry never outlives exp");
+
+        // A refused token is never remembered.
+        let before = k.verified.len();
+        let other_secret = keys(&[(
+            "JWT_SECRET",
+            "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210",
+        )]);
+        let forged = other_secret.issue(7, "s1", Role::Member).unwrap();
+        assert!(k.verify_at(&forged, now).is_err());
+        assert!(k.verify_at(&forged, now).is_err());
+        assert_eq!(k.verified.len(), before);
+    }
+
+    #[test]
+    fn a_remembered_token_dies_with_its_key() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let token = k.issue(7, "s1", Role::Member).unwrap();
+        let now = now_seconds();
+        assert!(k.verify_at(&token, now).is_ok());
+        // A key set without the token's key (as after a rotation's key has gone): the entry no
+        // longer answers.
+        let other = keys(&[(
+            "JWT_SECRET",
+            "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210",
+        )]);
+        assert!(k.verified.get(&token, now, &other.ring.current()).is_none());
+        assert!(k.verified.get(&token, now, &k.ring.current()).is_some());
+    }
+
+    #[test]
+    fn the_remembered_tokens_are_bounded() {
+        let k = keys(&[("JWT_SECRET", SECRET)]);
+        let now = now_seconds();
+        for i in 0..(VERIFIED_CAPACITY + 10) {
+            let token = k.issue(7, &format!("s{i}"), Role::Member).unwrap();
+            assert!(k.verify_at(&token, now).is_ok());
+            assert!(k.verified.len() <= VERIFIED_CAPACITY);
+        }
     }
 
     #[test]
