@@ -130,11 +130,10 @@ impl Modify for SecuritySchemes {
         let password = Password::new(TOKEN_URL, Scopes::new());
         let oauth2 = OAuth2::with_description(
             [Flow::Password(password)],
-            "Log in from here: the OAuth2 password flow on `POST /api/v1/users/login`. \
+            "Log in from here with OAuth2's password flow on `POST /api/v1/users/login`: \
              **username is the account's email**, password its password; leave client_id and \
-             client_secret empty (they are not used). The token it gives is then sent as \
-             `Authorization: Bearer …`, as a pasted one would be. An account with a second \
-             factor (TOTP) on gets 403 here, with an `mfa_token` instead of a token: log in with \
+             client_secret empty (they are not used). An account with a second factor (TOTP) on \
+             gets 403 here, with an `mfa_token` instead of a token: log in with \
              `POST /api/v1/users/login` and then `POST /api/v1/users/login/mfa` (Try it out \
              below) and paste the `access_token` into `bearer`.",
         );
