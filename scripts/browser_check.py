@@ -5,8 +5,11 @@ usage: python scripts/browser_check.py http://127.0.0.1:PORT
 Checks, with no network but the server's own origin:
   * /docs (Swagger UI) and /redoc (ReDoc) render, and every path of the contract appears on both;
   * neither page requests anything from another origin, and no page script errors;
-  * in Swagger UI, "Authorize" with a bearer token and "Try it out" on GET /api/v1/users/me
-    answers 200 with that user.
+  * in Swagger UI, "Authorize" with a pasted bearer token and "Try it out" on
+    GET /api/v1/users/me answers 200 with that user;
+  * in Swagger UI, "Authorize" with another user's email and password (the OAuth2 password flow:
+    Swagger UI posts the form to the login itself) and "Try it out" on GET /api/v1/users/me
+    answers 200 with that user, the token sent as a bearer token, and no oauth2-redirect.html.
 Exits non-zero, saying what failed, otherwise.
 """
 
@@ -70,11 +73,77 @@ def post(base, path, body):
         return json.loads(response.read() or b"null")
 
 
+def try_me(page):
+    """"Try it out" then Execute on GET /api/v1/users/me: the status shown, and the body."""
+    op = page.locator("#operations-users-me")
+    op.locator(".opblock-summary").click()
+    op.locator("button.try-out__btn").click()
+    op.locator("button.execute").click()
+    status_cell = op.locator(".live-responses-table tbody .response-col_status").first
+    status_cell.wait_for(timeout=30_000)
+    status = status_cell.inner_text().strip()
+    body = op.locator(".live-responses-table .microlight").first.inner_text()
+    return status, body
+
+
+def oauth2_check(browser, base, email, password):
+    """Authorize through the OAuth2 part of the dialog (username = the email), on a page of its
+    own (a new context: nothing persisted from the bearer check), then GET /me."""
+    failures = []
+    page = browser.new_page()
+    errors, seen = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: seen.append((r.method, r.url, r.headers.get("authorization"))))
+    page.goto(base + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    page.click("button.authorize")
+    # Found by heading: once authorized, a part shows its values as text, not inputs.
+    oauth = page.locator(".auth-container").filter(has=page.locator("h4", has_text="(OAuth2, password)"))
+    description = oauth.inner_text()
+    if "username is the account's email" not in description:
+        failures.append(f"/docs: the OAuth2 part of Authorize does not say what the username is: {description[:300]}")
+    if "/api/v1/users/login" not in description:
+        failures.append(f"/docs: the OAuth2 part of Authorize does not show the token URL: {description[:300]}")
+    oauth.locator("#oauth_username").fill(email)
+    oauth.locator("#oauth_password").fill(password)
+    oauth.locator("button.authorize").click()
+    try:
+        oauth.get_by_role("button", name="Remove authorization").wait_for(timeout=30_000)
+    except Exception:
+        shown = oauth.locator(".errors").all_inner_texts()
+        failures.append(f"/docs: OAuth2 Authorize did not authorize; the dialog says {shown}")
+        page.close()
+        return failures
+    oauth.locator("button.btn-done").click()
+    status, body = try_me(page)
+    token_requests = [(m, u) for m, u, _ in seen if u.startswith(base + "/api/v1/users/login")]
+    me_requests = [a for m, u, a in seen if u == base + "/api/v1/users/me"]
+    if token_requests != [("POST", base + "/api/v1/users/login")]:
+        failures.append(f"/docs: OAuth2 Authorize made these login requests: {token_requests}")
+    if any("oauth2-redirect" in u for _, u, _ in seen):
+        failures.append("/docs: the password flow opened oauth2-redirect.html")
+    if not me_requests or not all(a and a.startswith("Bearer ") for a in me_requests):
+        failures.append(f"/docs: GET /me after OAuth2 Authorize sent Authorization {me_requests}")
+    if status != "200" or email not in body:
+        failures.append(f"/docs: after OAuth2 Authorize, Try it out on GET /api/v1/users/me gave {status}: {body[:200]}")
+    elif not failures:
+        print("/docs: OAuth2 Authorize (email + password) + Try it out on GET /api/v1/users/me: 200 with the user")
+    if errors:
+        failures.append(f"/docs (OAuth2): script errors: {errors}")
+    page.close()
+    return failures
+
+
 def main(base):
     failures = []
-    email = f"browser{int(time.time() * 1000)}@example.com"
+    stamp = int(time.time() * 1000)
+    email = f"browser{stamp}@example.com"
     post(base, "/api/v1/users/register", {"email": email, "password": "MyStrongPass123"})
     token = post(base, "/api/v1/users/login", {"email": email, "password": "MyStrongPass123"})["access_token"]
+    # A second user for the OAuth2 flow: the /me it shows can only come from its own login.
+    oauth_email = f"browser-oauth{stamp}@example.com"
+    post(base, "/api/v1/users/register", {"email": oauth_email, "password": "MyStrongPass123"})
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -100,22 +169,17 @@ def main(base):
 
             if page_path == "/docs":
                 page.click("button.authorize")
-                page.fill(".auth-container input", token)
-                page.click(".auth-btn-wrapper button.authorize")
-                page.click("button.btn-done")
-                op = page.locator("#operations-users-me")
-                op.locator(".opblock-summary").click()
-                op.locator("button.try-out__btn").click()
-                op.locator("button.execute").click()
-                status_cell = op.locator(".live-responses-table tbody .response-col_status").first
-                status_cell.wait_for(timeout=30_000)
-                status = status_cell.inner_text().strip()
-                body = op.locator(".live-responses-table .microlight").first.inner_text()
+                bearer = page.locator(".auth-container").filter(has=page.locator("h4", has_text="(http, Bearer)"))
+                bearer.locator("#auth-bearer-value").fill(token)
+                bearer.locator("button.authorize").click()
+                bearer.locator("button.btn-done").click()
+                status, body = try_me(page)
                 if status != "200" or email not in body:
                     failures.append(f"/docs: Try it out on GET /api/v1/users/me gave {status}: {body[:200]}")
                 else:
-                    print("/docs: Authorize + Try it out on GET /api/v1/users/me: 200 with the user")
+                    print("/docs: Authorize (pasted token) + Try it out on GET /api/v1/users/me: 200 with the user")
             page.close()
+        failures += oauth2_check(browser, base, oauth_email, "MyStrongPass123")
         browser.close()
 
     for failure in failures:

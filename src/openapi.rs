@@ -5,7 +5,10 @@
 //! keeps it equal to what [`document`] generates (`warp-auth-api openapi > openapi.json`
 //! regenerates it). This module reads the routes; no route reads it.
 
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{
+    Flow, Http, HttpAuthScheme, OAuth2, Password, Scopes, SecurityRequirement, SecurityScheme,
+};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{
@@ -32,8 +35,9 @@ pub fn document() -> String {
         description = "User registration, login with JWT access tokens and rotating refresh tokens, \
             sessions that can be revoked, email verification and password reset by mail, and \
             user administration. Every error is \
-            `application/problem+json` (RFC 9457). Authorize with the `access_token` of a login \
-            (the bearer scheme) to try the protected operations."
+            `application/problem+json` (RFC 9457). To try the protected operations, Authorize \
+            with an email and password (the `oauth2` scheme, the password flow on the login) or \
+            paste the `access_token` of a login (the `bearer` scheme)."
     ),
     paths(
         users::register,
@@ -89,7 +93,7 @@ pub fn document() -> String {
             InternalError
         )
     ),
-    modifiers(&BearerAuth),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "users", description = "Registration, login, sessions and the caller's own account"),
         (name = "account", description = "The pages the verification and reset mails link to"),
@@ -100,15 +104,76 @@ pub fn document() -> String {
 )]
 pub struct ApiDoc;
 
-/// The `bearer` security scheme: an access token from login or refresh.
-struct BearerAuth;
+/// Where Swagger UI's OAuth2 password flow posts the form: the login, which reads
+/// `username=…&password=…` and ignores the grant's other fields (`grant_type`, `scope`,
+/// `client_id`, `client_secret`).
+const TOKEN_URL: &str = "/api/v1/users/login";
 
-impl Modify for BearerAuth {
+/// The two ways to send an access token, and which operations take them. Both end as the same
+/// `Authorization: Bearer …` header; `oauth2` only adds a way to get the token (Swagger UI's
+/// Authorize logs in with an email and password).
+///
+/// The handlers declare `bearer` alone; this adds `oauth2` as the alternative beside every
+/// `bearer` requirement, so no operation can take one and not the other.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut http = Http::new(HttpAuthScheme::Bearer);
         http.bearer_format = Some("JWT".to_owned());
-        http.description = Some("The `access_token` of a login or refresh response.".to_owned());
+        http.description = Some(
+            "The `access_token` of a login, second-factor login or refresh response, pasted here."
+                .to_owned(),
+        );
         components.add_security_scheme("bearer", SecurityScheme::Http(http));
+        let password = Password::new(TOKEN_URL, Scopes::new());
+        let oauth2 = OAuth2::with_description(
+            [Flow::Password(password)],
+            "Log in from here with OAuth2's password flow on `POST /api/v1/users/login`: \
+             **username is the account's email**, password its password; leave client_id and \
+             client_secret empty (they are not used). An account with a second factor (TOTP) on \
+             gets 403 here, with an `mfa_token` instead of a token: log in with \
+             `POST /api/v1/users/login` and then `POST /api/v1/users/login/mfa` (Try it out \
+             below) and paste the `access_token` into `bearer`.",
+        );
+        components.add_security_scheme("oauth2", SecurityScheme::OAuth2(oauth2));
+
+        let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+        let oauth2 = SecurityRequirement::new("oauth2", Vec::<String>::new());
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+                &mut item.query,
+            ];
+            let operations = operations
+                .into_iter()
+                .flatten()
+                .chain(item.additional_operations.values_mut());
+            for operation in operations {
+                offer_oauth2(operation, &bearer, &oauth2);
+            }
+        }
+    }
+}
+
+/// `oauth2` as the alternative to `bearer`, where an operation takes `bearer`.
+fn offer_oauth2(
+    operation: &mut Operation,
+    bearer: &SecurityRequirement,
+    oauth2: &SecurityRequirement,
+) {
+    if let Some(security) = operation.security.as_mut()
+        && security.contains(bearer)
+        && !security.contains(oauth2)
+    {
+        security.push(oauth2.clone());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use super::helpers::TestApp;
+use super::helpers::{PASSWORD, TestApp};
 
 fn committed_file() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json")).unwrap()
@@ -77,7 +77,7 @@ const OPERATIONS: &[(&str, &str, bool)] = &[
 ];
 
 #[test]
-fn every_operation_of_the_contract_is_there_with_bearer_auth_exactly_where_needed() {
+fn every_operation_of_the_contract_is_there_with_a_token_exactly_where_needed() {
     let doc = document();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     let mut documented = BTreeSet::new();
@@ -95,9 +95,10 @@ fn every_operation_of_the_contract_is_there_with_bearer_auth_exactly_where_neede
         let op = &doc["paths"][path][method];
         let security = op.get("security");
         if *protected {
+            // Either scheme: a pasted token, or one from Swagger UI's password flow.
             assert_eq!(
                 security,
-                Some(&serde_json::json!([{"bearer": []}])),
+                Some(&serde_json::json!([{"bearer": []}, {"oauth2": []}])),
                 "{method} {path}"
             );
             assert!(
@@ -113,9 +114,91 @@ fn every_operation_of_the_contract_is_there_with_bearer_auth_exactly_where_neede
         let tag = op["tags"][0].as_str().unwrap();
         assert!(["users", "account", "admin", "keys", "ops"].contains(&tag));
     }
-    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(
+        schemes.keys().collect::<Vec<_>>(),
+        ["bearer", "oauth2"],
+        "a scheme no operation takes, or one missing"
+    );
+    let scheme = &schemes["bearer"];
     assert_eq!(scheme["type"], "http");
     assert_eq!(scheme["scheme"], "bearer");
+}
+
+/// Swagger UI's Authorize logs in with the OAuth2 password flow on the login, whose form it
+/// reads; the scheme says that the username is the email, and what an MFA account does instead.
+#[test]
+fn the_oauth2_scheme_is_the_password_flow_on_the_login() {
+    let doc = document();
+    let scheme = &doc["components"]["securitySchemes"]["oauth2"];
+    assert_eq!(scheme["type"], "oauth2");
+    let flows = scheme["flows"].as_object().unwrap();
+    assert_eq!(flows.keys().collect::<Vec<_>>(), ["password"]);
+    assert_eq!(flows["password"]["tokenUrl"], "/api/v1/users/login");
+    assert_eq!(flows["password"]["scopes"], serde_json::json!({}));
+    let description = scheme["description"].as_str().unwrap();
+    assert!(description.contains("username is the account's email"));
+    assert!(description.contains("mfa_token") && description.contains("bearer"));
+    let login = &doc["paths"]["/api/v1/users/login"]["post"];
+    assert!(login.get("security").is_none());
+    let form = &login["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"];
+    let form =
+        &doc["components"]["schemas"][form["$ref"].as_str().unwrap().rsplit('/').next().unwrap()];
+    assert_eq!(
+        form["required"],
+        serde_json::json!(["username", "password"])
+    );
+    assert_eq!(
+        login["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Token"
+    );
+}
+
+/// The token request exactly as Swagger UI 5 sends it, in both places its dialog can put the
+/// client credentials (an `Authorization: Basic` header by default, or the body); the answer is
+/// what it takes: JSON with `access_token` and `token_type: bearer`, and no `error` field.
+#[tokio::test]
+async fn swagger_uis_password_flow_request_logs_in() {
+    let app = TestApp::new().await;
+    app.register("alice@example.com", PASSWORD)
+        .await
+        .assert_status(201);
+    let password = PASSWORD;
+    for (authorization, body) in [
+        (
+            Some("Basic Og=="),
+            format!("grant_type=password&scope=&username=alice%40example.com&password={password}"),
+        ),
+        (
+            None,
+            format!(
+                "grant_type=password&scope=&username=alice%40example.com&password={password}\
+                 &client_id=swagger&client_secret=ignored"
+            ),
+        ),
+    ] {
+        let mut request = warp::test::request()
+            .method("POST")
+            .path("/api/v1/users/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json, text/plain, */*")
+            .header("x-requested-with", "XMLHttpRequest")
+            .header("origin", "http://localhost")
+            .body(body);
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
+        let r = app.send(request).await;
+        r.assert_status(200);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let token = r.json();
+        assert_eq!(token["token_type"], "bearer");
+        assert!(token.get("error").is_none());
+        let access = token["access_token"].as_str().unwrap();
+        let me = app.me(access).await;
+        me.assert_status(200);
+        assert_eq!(me.json()["email"], "alice@example.com");
+    }
 }
 
 #[test]
@@ -172,6 +255,8 @@ async fn the_pages_are_utf8_and_load_nothing_from_another_origin() {
         );
         let policy = r.header("content-security-policy").unwrap();
         assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"));
+        // Swagger UI's "Try it out" and its OAuth2 password flow fetch this origin.
+        assert!(policy.contains("connect-src 'self'"), "{policy}");
         // Every script the page loads is served here, as UTF-8 JavaScript.
         for src in html
             .split("src=\"")
