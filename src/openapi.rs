@@ -70,6 +70,7 @@ pub fn document() -> String {
         admin::end_user_sessions,
         admin::send_password_reset,
         admin::disable_mfa,
+        admin::list_audit,
         keys::jwks,
         ops::health,
         ops::ready,

@@ -68,6 +68,7 @@ const OPERATIONS: &[(&str, &str, bool)] = &[
     ("get", "/api/v1/admin/users/{id}/sessions", true),
     ("delete", "/api/v1/admin/users/{id}/sessions", true),
     ("post", "/api/v1/admin/users/{id}/password-reset", true),
+    ("get", "/api/v1/admin/audit", true),
     ("get", "/.well-known/jwks.json", false),
     ("get", "/health", false),
     ("get", "/health/ready", false),
