@@ -14,8 +14,8 @@ mod mfa;
 mod sessions;
 mod users;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_rusqlite::Connection;
@@ -118,15 +118,37 @@ pub(super) fn is_unique_violation(err: &rusqlite::Error) -> bool {
 /// The database handle: one connection for writes and a few for reads, each on a thread of its
 /// own. In WAL mode reads never wait for a write, so `/me` and readiness keep answering while a
 /// write waits on a lock (another process's, say). Cheap to clone.
-#[derive(Clone, Debug)]
+///
+/// The one read every authenticated request makes (its session and user, by primary key) runs
+/// instead on the request's own thread, on one of [`SqliteStore::inline`]'s connections: a point
+/// read of cached pages costs a few microseconds, less than the two thread switches of handing it
+/// to a reader thread and back. Nothing that scans, and no write, runs there.
+#[derive(Clone)]
 pub struct SqliteStore {
     writer: Connection,
     readers: Arc<[Connection]>,
     next_reader: Arc<AtomicUsize>,
+    /// Connections for the point reads of every request, each used by one thread at a time
+    /// (empty for an in-memory database, whose one connection is the writer's; `None` once
+    /// closed).
+    inline: Arc<[Mutex<Option<rusqlite::Connection>>]>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("readers", &self.readers.len())
+            .field("inline", &self.inline.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Read connections of a file database.
 const READERS: usize = 2;
+/// How long an inline read may wait for a lock before the request gets 503. WAL readers wait
+/// only in rare moments (a recovery, another process's exclusive lock), and the thread waiting
+/// is one that serves requests: short.
+const INLINE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database, sets it up and applies the migrations.
@@ -141,14 +163,14 @@ impl SqliteStore {
         let cannot_open = |e: rusqlite::Error| {
             OpenError::new(format!("cannot open the database at {location}"), e)
         };
-        let (writer, readers) = match location {
+        let (writer, readers, inline) = match location {
             DatabaseLocation::Memory => {
                 // One in-memory database is one connection: it reads and writes.
                 let conn = Connection::open_in_memory().await.map_err(cannot_open)?;
                 conn.call(|c| configure(c).and_then(|()| migrate(c)))
                     .await
                     .map_err(failed)?;
-                (conn.clone(), vec![conn])
+                (conn.clone(), vec![conn], Vec::new())
             }
             DatabaseLocation::Postgres(pg) => {
                 return Err(OpenError::new(
@@ -184,14 +206,45 @@ impl SqliteStore {
                         .map_err(failed)?;
                     readers.push(reader);
                 }
-                (writer, readers)
+                // One per thread that may serve requests at once (tokio's workers: the cores).
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16));
+                let mut inline = Vec::with_capacity(threads);
+                for _ in 0..threads {
+                    let mut c = rusqlite::Connection::open(path).map_err(cannot_open)?;
+                    configure(&mut c)
+                        .and_then(|()| {
+                            c.busy_timeout(INLINE_BUSY_TIMEOUT)
+                                .and_then(|()| c.pragma_update(None, "query_only", true))
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| OpenError::new(format!("database at {location_text}"), e))?;
+                    inline.push(Mutex::new(Some(c)));
+                }
+                (writer, readers, inline)
             }
         };
         Ok(Self {
             writer,
             readers: readers.into(),
             next_reader: Arc::new(AtomicUsize::new(0)),
+            inline: inline.into(),
         })
+    }
+
+    /// Runs a short point read on the calling thread (see [`SqliteStore`]), on a free inline
+    /// connection (or the first, when all are taken); `None` for an in-memory database, whose
+    /// reads go to its one connection's thread.
+    pub(super) fn read_inline<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Option<Result<T, StoreError>> {
+        let first = self.inline.first()?;
+        let slot = self
+            .inline
+            .iter()
+            .find_map(|c| c.try_lock().ok())
+            .unwrap_or_else(|| first.lock().unwrap_or_else(|p| p.into_inner()));
+        slot.as_ref().map(f)
     }
 
     /// Runs a write on the writer's thread.
@@ -215,6 +268,12 @@ impl SqliteStore {
 
     /// Closes every connection (at shutdown: the WAL is checkpointed). Later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
+        for slot in self.inline.iter() {
+            let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(conn) = conn {
+                let _ = conn.close();
+            }
+        }
         for reader in self.readers.iter() {
             // A memory database's reader is the writer, closed below.
             let _ = reader.clone().close().await;

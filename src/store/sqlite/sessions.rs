@@ -1,7 +1,7 @@
 //! Sessions on SQLite: creating them, the check behind every request, refresh-token rotation with
 //! its grace window and reuse detection, and housekeeping.
 
-use tokio_rusqlite::rusqlite::{OptionalExtension, TransactionBehavior, params};
+use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, params};
 
 use super::audit::commit_with;
 use super::{SqliteStore, role_from_db, to_i64, user_from_row};
@@ -61,7 +61,7 @@ impl SqliteStore {
         now: u64,
     ) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
-        self.read(move |c| {
+        let read = move |c: &rusqlite::Connection| {
             let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL,
                         u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL
@@ -71,8 +71,13 @@ impl SqliteStore {
             Ok(stmt
                 .query_row(params![session_id, user_id, now], user_from_row)
                 .optional()?)
-        })
-        .await
+        };
+        // Every authenticated request makes this read: on its own thread (two primary-key
+        // lookups), not handed to a reader thread and back.
+        match self.read_inline(|c| read(c)) {
+            Some(result) => result,
+            None => self.read(move |c| read(c)).await,
+        }
     }
 
     /// Exchanges a refresh token, in one transaction, so that two racing exchanges of one token
