@@ -42,10 +42,7 @@ pub enum Code {
 impl Code {
     /// Which kind of code this is, for the audit log (never the code).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Code::Totp(_) => "totp",
-            Code::Recovery(_) => "recovery_code",
-        }
+        self.second_factor().name().unwrap_or_default()
     }
 
     /// The second factor a login passed with this code.

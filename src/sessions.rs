@@ -62,7 +62,8 @@ pub enum SecondFactor {
 }
 
 impl SecondFactor {
-    fn name(self) -> Option<&'static str> {
+    /// Its name in the audit log (`totp`, `recovery_code`); none for a password-only login.
+    pub fn name(self) -> Option<&'static str> {
         match self {
             SecondFactor::None => None,
             SecondFactor::Totp => Some("totp"),

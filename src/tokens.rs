@@ -70,8 +70,9 @@ pub struct TokenKeys {
 /// clock (`exp`: checked; `nbf` and `iat`: time only makes them pass more). A token refused is
 /// never kept. Revocation is not the cache's business: the session is read from the store on
 /// every request after this. Bounded: at [`VERIFIED_CAPACITY`] the expired entries go, and if
-/// that frees nothing the whole cache is dropped (a valid token costs a login or a refresh to get,
-/// so churning it is as slow as the database).
+/// that frees less than an eighth the whole cache is dropped (so a full cache of live tokens is
+/// not scanned again on every insert; a valid token costs a login or a refresh to get, so
+/// churning the cache is as slow as the database, and a dropped entry only costs a full check).
 #[derive(Default)]
 struct Verified {
     entries: RwLock<HashMap<Box<str>, CachedClaims>>,
@@ -98,7 +99,7 @@ impl Verified {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= VERIFIED_CAPACITY {
             entries.retain(|_, c| now < c.exp);
-            if entries.len() >= VERIFIED_CAPACITY {
+            if entries.len() > VERIFIED_CAPACITY - VERIFIED_CAPACITY / 8 {
                 entries.clear();
             }
         }

@@ -175,33 +175,15 @@ fn page_query() -> impl Filter<Extract = (UserQuery,), Error = Rejection> + Clon
             let query: PageQuery = serde_urlencoded::from_str(&raw)
                 .map_err(|_| ApiError::BadRequest("Malformed query string".into()))?;
             let mut errors = Vec::new();
-            let limit = match query.limit.as_deref().map(str::parse::<i64>) {
-                None => 50,
-                Some(Ok(n)) if (1..=100).contains(&n) => n,
-                Some(_) => {
-                    errors.push(FieldError::new("limit", "must be an integer from 1 to 100"));
-                    0
-                }
-            };
-            let offset = match query.offset.as_deref().map(str::parse::<i64>) {
-                None => 0,
-                Some(Ok(n)) if n >= 0 => n,
-                Some(_) => {
-                    errors.push(FieldError::new("offset", "must be an integer of 0 or more"));
-                    0
-                }
-            };
-            let after_id = match query.after_id.as_deref().map(str::parse::<i64>) {
-                None => None,
-                Some(Ok(n)) if n >= 0 => Some(n),
-                Some(_) => {
-                    errors.push(FieldError::new(
-                        "after_id",
-                        "must be an integer of 0 or more",
-                    ));
-                    None
-                }
-            };
+            let limit = number_param("limit", query.limit.as_deref(), 1, 100, &mut errors);
+            let offset = number_param("offset", query.offset.as_deref(), 0, i64::MAX, &mut errors);
+            let after_id = number_param(
+                "after_id",
+                query.after_id.as_deref(),
+                0,
+                i64::MAX,
+                &mut errors,
+            );
             if after_id.is_some() && query.offset.is_some() {
                 errors.push(FieldError::new(
                     "offset",
@@ -219,8 +201,8 @@ fn page_query() -> impl Filter<Extract = (UserQuery,), Error = Rejection> + Clon
             };
             if errors.is_empty() {
                 Ok(UserQuery {
-                    limit,
-                    offset,
+                    limit: limit.unwrap_or(50),
+                    offset: offset.unwrap_or(0),
                     after_id,
                     q,
                 })

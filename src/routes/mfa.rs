@@ -324,7 +324,7 @@ async fn attempt_mfa(
         // Used by a racing request, or failed out meanwhile.
         return Err(ApiError::WrongCode(DEAD_TOKEN));
     }
-    let pair = sessions::start(
+    let started = sessions::start(
         &state,
         challenge.user_id,
         challenge.role,
@@ -332,7 +332,20 @@ async fn attempt_mfa(
         &context,
         code.second_factor(),
     )
-    .await?;
+    .await;
+    if let Err(ApiError::InvalidCredentials) = started {
+        // The password changed, or the account was disabled or deleted, between the two steps
+        // (the code, a recovery code too, is spent all the same).
+        tracing::warn!(
+            outcome = "invalid",
+            user_id = challenge.user_id,
+            "login failed: the account changed between the two steps"
+        );
+        let event = audit::login_failed(Some(challenge.user_id), "password_changed")
+            .with("second_factor", code.kind());
+        audit::record(&state.store, event, &context).await;
+    }
+    let pair = started?;
     tracing::info!(
         outcome = "success",
         user_id = challenge.user_id,

@@ -42,6 +42,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
     let resend = warp::path!("me" / "email" / "verification").and(
         warp::post()
             .and(with_auth(state))
+            .and(audit_context())
             .and(with_state(state))
             .and_then(resend_verification)
             .or(allow("POST"))
@@ -207,6 +208,7 @@ pub(crate) async fn verify_email(
 )]
 pub(crate) async fn resend_verification(
     auth: Auth,
+    audit: Context,
     state: AppState,
 ) -> Result<Response, Rejection> {
     if auth.user.email_verified {
@@ -219,8 +221,7 @@ pub(crate) async fn resend_verification(
             MailKind::VerifyEmail,
             crate::tokens::now_seconds(),
             MAILS_PER_HOUR,
-            // A verification mail writes no event (its use does).
-            &Context::system(),
+            &audit.by(auth.user.id),
         )
         .await?
     {

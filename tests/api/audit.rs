@@ -462,11 +462,15 @@ async fn the_second_factor_writes_its_events() {
     // A wrong code at the second step, then a right one.
     let mfa = mfa_token(&app, "mia@example.com").await;
     let step = now() / 30;
-    let wrong = if code_at(&secret, now()) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    // A code no step within reach accepts (the one before, this one, the next).
+    let near: Vec<String> = [-30i64, 0, 30]
+        .iter()
+        .map(|d| code_at(&secret, (now() as i64 + d) as u64))
+        .collect();
+    let wrong = ["000000", "111111", "222222", "333333"]
+        .into_iter()
+        .find(|c| !near.iter().any(|n| n == c))
+        .unwrap();
     let r = send(
         &app,
         "POST",
@@ -587,6 +591,9 @@ async fn mailed_links_write_their_events() {
     r.assert_status(200);
     verify(&app, &verify_token).await.problem(400);
 
+    // The unknown email first: its lookup (after the answer) is done long before the known
+    // one's mail has gone out, which the test waits for below.
+    forgot(&app, "nobody@example.com").await.assert_status(202);
     let asked = app
         .send(
             request("POST", "/api/v1/users/password/forgot", "forgot-1")
@@ -594,7 +601,6 @@ async fn mailed_links_write_their_events() {
         )
         .await;
     asked.assert_status(202);
-    forgot(&app, "nobody@example.com").await.assert_status(202);
     let reset_token = one_mail(&catcher, "lu@example.com", 2).await.token(RESET);
     let new_password = "An0ther-Strong-Pass";
     let done = app
@@ -617,7 +623,9 @@ async fn mailed_links_write_their_events() {
     .assert_status(202);
 
     let all = events(&app, &admin, "").await;
-    from_request(the_event(&all, "email.verified", Some(lu)), "ver-1");
+    let verified = the_event(&all, "email.verified", Some(lu));
+    from_request(verified, "ver-1");
+    assert_eq!(verified["detail"], json!({"by": "link"}));
     let requested: Vec<&Value> = all
         .iter()
         .filter(|e| e["type"] == "password.reset_requested")
@@ -869,4 +877,104 @@ fn each_event_is_also_one_log_line_with_its_request() {
     assert_eq!(line["detail"], r#"{"role":"member"}"#);
     assert!(!line.to_string().contains(PASSWORD));
     server.terminate();
+}
+
+#[tokio::test]
+async fn a_reset_of_an_unverified_address_also_verifies_it_and_says_so() {
+    let catcher = Catcher::start();
+    let app = app_with(&catcher, &[]).await;
+    let admin = app.admin_token("root@example.com").await;
+    let session = app.user("mo@example.com").await;
+    let mo = app.id_of("mo@example.com").await;
+    one_mail(&catcher, "mo@example.com", 1).await;
+    forgot(&app, "mo@example.com").await.assert_status(202);
+    let token = one_mail(&catcher, "mo@example.com", 2).await.token(RESET);
+    reset(&app, &token, "An0ther-Strong-Pass")
+        .await
+        .assert_status(204);
+    app.me(&access(&session)).await.assert_status(401);
+    let all = events(&app, &admin, &format!("?user_id={mo}")).await;
+    let verified = the_event(&all, "email.verified", Some(mo));
+    assert_eq!(verified["detail"], json!({"by": "password_reset"}));
+    let reset_event = the_event(&all, "password.reset", Some(mo));
+    assert_eq!(reset_event["detail"], json!({"sessions_ended": 1}));
+}
+
+#[tokio::test]
+async fn a_second_step_that_finds_the_password_changed_is_a_failed_login() {
+    let app = TestApp::new().await;
+    let admin = app.admin_token("root@example.com").await;
+    let (token, secret, _codes) = enrolled(&app, "ria@example.com").await;
+    let ria = app.id_of("ria@example.com").await;
+    let mfa = mfa_token(&app, "ria@example.com").await;
+    // The password changes between the two steps.
+    app.authed(
+        "PUT",
+        "/api/v1/users/me/password",
+        &access(&token),
+        Some(json!({"current_password": PASSWORD, "new_password": "An0ther-Strong-Pass"})),
+    )
+    .await
+    .assert_status(204);
+    let next = code_at(&secret, (now() / 30 + 1) * 30);
+    let r = send(
+        &app,
+        "POST",
+        "/api/v1/users/login/mfa",
+        "late-1",
+        None,
+        Some(json!({"mfa_token": mfa, "code": next})),
+    )
+    .await;
+    r.problem(401);
+    let failed = events(&app, &admin, &format!("?user_id={ria}&type=login.failed")).await;
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(
+        failed[0]["detail"],
+        json!({"reason": "password_changed", "second_factor": "totp"})
+    );
+    from_request(&failed[0], "late-1");
+    let changed = events(
+        &app,
+        &admin,
+        &format!("?user_id={ria}&type=password.changed"),
+    )
+    .await;
+    assert_eq!(changed[0]["detail"], json!({"sessions_ended": 1}));
+}
+
+#[tokio::test]
+async fn refused_logins_from_one_ipv6_prefix_write_one_throttled_event() {
+    // Per address: ten times this, so ten failures from the /64 block it.
+    let app = TestApp::with(&[("LOGIN_MAX_FAILURES", "1")]).await;
+    let admin = app.admin_token("root@example.com").await;
+    let from = |host: u16| {
+        let ip: IpAddr = format!("2001:db8:1:2::{host:x}").parse().unwrap();
+        ip
+    };
+    let login = |host: u16, email: String| {
+        warp::test::request()
+            .method("POST")
+            .path("/api/v1/users/login")
+            .extension(ClientAddr(from(host)))
+            .json(&json!({"email": email, "password": "Wrong-Password-99"}))
+    };
+    for i in 0..10 {
+        app.send(login(i, format!("guess{i}@example.com")))
+            .await
+            .assert_status(401);
+    }
+    // Every further attempt from the prefix, each from another address and for another email
+    // (none of which has an account), is refused; one event says so.
+    for i in 10..60 {
+        app.send(login(i, format!("guess{i}@example.com")))
+            .await
+            .problem(429);
+    }
+    let throttled = events(&app, &admin, "?type=login.throttled").await;
+    assert_eq!(throttled.len(), 1, "{throttled:#?}");
+    assert_eq!(throttled[0]["user_id"], Value::Null, "no account, no id");
+    assert_eq!(throttled[0]["ip"], from(10).to_string());
+    let everything = serde_json::to_string(&throttled).unwrap();
+    assert!(!everything.contains("guess"), "no email is stored");
 }

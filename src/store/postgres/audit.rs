@@ -52,6 +52,13 @@ pub(super) async fn commit_with(
     Ok(())
 }
 
+/// The columns an event is read from, as a literal for `concat!`.
+macro_rules! audit_columns {
+    () => {
+        "SELECT id, at, type, user_id, actor_id, ip, user_agent, request_id, detail FROM audit_events"
+    };
+}
+
 impl PostgresStore {
     pub async fn record_event(&self, event: Event, audit: Context) -> Result<(), StoreError> {
         let mut client = self.client().await?;
@@ -61,27 +68,40 @@ impl PostgresStore {
 
     pub async fn audit_events(&self, query: Query) -> Result<Vec<AuditEvent>, StoreError> {
         let client = self.client().await?;
+        let before = query.before_id.unwrap_or(i64::MAX);
+        let kind = query.kind.map(|k| k.as_str());
+        // One statement per filter, so that each walks its own index ((user_id, id),
+        // (type, id), or the key) newest first, rather than the whole table.
         let stmt = client
-            .prepare_cached(
-                "SELECT id, at, type, user_id, actor_id, ip, user_agent, request_id, detail
-                 FROM audit_events
-                 WHERE id < $1 AND ($2::bigint IS NULL OR user_id = $2)
-                   AND ($3::text IS NULL OR type = $3)
-                 ORDER BY id DESC LIMIT $4",
-            )
+            .prepare_cached(match (query.user_id, kind) {
+                (None, None) => {
+                    concat!(audit_columns!(), " WHERE id < $1 ORDER BY id DESC LIMIT $2")
+                }
+                (Some(_), None) => concat!(
+                    audit_columns!(),
+                    " WHERE user_id = $3 AND id < $1 ORDER BY id DESC LIMIT $2"
+                ),
+                (None, Some(_)) => concat!(
+                    audit_columns!(),
+                    " WHERE type = $3 AND id < $1 ORDER BY id DESC LIMIT $2"
+                ),
+                (Some(_), Some(_)) => concat!(
+                    audit_columns!(),
+                    " WHERE user_id = $3 AND type = $4 AND id < $1 ORDER BY id DESC LIMIT $2"
+                ),
+            })
             .await?;
-        client
-            .query(
-                &stmt,
-                &[
-                    &query.before_id.unwrap_or(i64::MAX),
-                    &query.user_id,
-                    &query.kind.map(|k| k.as_str()),
-                    &query.limit,
-                ],
-            )
-            .await?
-            .iter()
+        let rows = match (query.user_id, kind) {
+            (None, None) => client.query(&stmt, &[&before, &query.limit]).await?,
+            (Some(user), None) => client.query(&stmt, &[&before, &query.limit, &user]).await?,
+            (None, Some(kind)) => client.query(&stmt, &[&before, &query.limit, &kind]).await?,
+            (Some(user), Some(kind)) => {
+                client
+                    .query(&stmt, &[&before, &query.limit, &user, &kind])
+                    .await?
+            }
+        };
+        rows.iter()
             .map(|r| {
                 let Json(detail): Json<serde_json::Value> = r.try_get(8)?;
                 Ok(AuditEvent {
@@ -103,8 +123,10 @@ impl PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
+                // Replicas purging at once take different rows, not the same ones in turn.
                 "DELETE FROM audit_events WHERE id IN
-                 (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)",
+                 (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2
+                  FOR UPDATE SKIP LOCKED)",
             )
             .await?;
         Ok(client

@@ -8,7 +8,7 @@ use tokio_postgres::Transaction;
 
 use super::audit::commit_with;
 use super::{PostgresStore, to_i64, user_columns, user_from_row};
-use crate::audit::{Context, Event, Kind};
+use crate::audit::Context;
 use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
@@ -108,6 +108,7 @@ impl PostgresStore {
         let Some(user_id) = take_token(&tx, &hash, MailKind::VerifyEmail, now).await? else {
             return Ok(None);
         };
+        let was_verified = is_verified(&tx, user_id).await?;
         let row = tx
             .query_opt(
                 concat!(
@@ -119,12 +120,11 @@ impl PostgresStore {
             )
             .await?;
         let user = row.as_ref().map(user_from_row).transpose()?;
-        commit_with(
-            tx,
-            &audit,
-            &[Event::new(Kind::EmailVerified, Some(user_id))],
-        )
-        .await?;
+        let events: Vec<_> = (!was_verified)
+            .then(|| crate::audit::email_verified(user_id, "link"))
+            .into_iter()
+            .collect();
+        commit_with(tx, &audit, &events).await?;
         Ok(user)
     }
 
@@ -157,6 +157,7 @@ impl PostgresStore {
         let Some(user_id) = take_token(&tx, &hash, MailKind::ResetPassword, now).await? else {
             return Ok(None);
         };
+        let was_verified = is_verified(&tx, user_id).await?;
         // The row lock of this update makes a racing login's session insert wait, then see the
         // new hash (as a password change does).
         tx.execute(
@@ -165,16 +166,13 @@ impl PostgresStore {
             &[&new_password_hash, &now, &user_id],
         )
         .await?;
-        tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
+        let ended = tx
+            .execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
             .await?;
         tx.execute("DELETE FROM mail_tokens WHERE user_id = $1", &[&user_id])
             .await?;
-        commit_with(
-            tx,
-            &audit,
-            &[Event::new(Kind::PasswordReset, Some(user_id))],
-        )
-        .await?;
+        let events = crate::audit::password_reset(user_id, ended, !was_verified);
+        commit_with(tx, &audit, &events).await?;
         Ok(Some(user_id))
     }
 
@@ -333,6 +331,17 @@ impl PostgresStore {
 /// Deletes a live token of `kind`, inside the caller's transaction; the user it was for. The
 /// user's row is locked first, the order every writer of a user's tokens keeps (a password
 /// change, queueing a mail), so two of them cannot deadlock.
+/// Whether the user's address is verified already (the row is locked by `take_token`).
+async fn is_verified(tx: &Transaction<'_>, user_id: i64) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_one(
+            "SELECT email_verified_at IS NOT NULL FROM users WHERE id = $1",
+            &[&user_id],
+        )
+        .await?
+        .try_get(0)?)
+}
+
 async fn take_token(
     tx: &Transaction<'_>,
     hash: &[u8; 32],

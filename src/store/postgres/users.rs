@@ -130,7 +130,8 @@ impl PostgresStore {
         if changed == 0 {
             return Ok(false);
         }
-        tx.execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
+        let ended = tx
+            .execute("DELETE FROM sessions WHERE user_id = $1", &[&user_id])
             .await?;
         // A reset link mailed before the change must not undo it.
         tx.execute(
@@ -138,12 +139,8 @@ impl PostgresStore {
             &[&user_id],
         )
         .await?;
-        commit_with(
-            tx,
-            &audit,
-            &[Event::new(Kind::PasswordChanged, Some(user_id))],
-        )
-        .await?;
+        let event = crate::audit::password_changed(user_id, ended);
+        commit_with(tx, &audit, &[event]).await?;
         Ok(true)
     }
 
@@ -255,7 +252,7 @@ impl PostgresStore {
             )
             .await?;
         let events = if verified == 1 {
-            vec![Event::new(Kind::EmailVerified, Some(user_id)).with("by", "create-admin")]
+            vec![crate::audit::email_verified(user_id, "create-admin")]
         } else {
             Vec::new()
         };

@@ -8,7 +8,7 @@ use tokio_rusqlite::rusqlite::{self, OptionalExtension, TransactionBehavior, par
 
 use super::audit::commit_with;
 use super::{SqliteStore, to_i64, user_from_row};
-use crate::audit::{Context, Event, Kind};
+use crate::audit::Context;
 use crate::store::{MailKind, MailToken, OutboxMail, Queued, Recipient, StoreError, User};
 
 /// How long sent and dropped outbox rows are kept (for the hourly limit, and to be looked at).
@@ -102,6 +102,7 @@ impl SqliteStore {
             let Some(user_id) = take_token(&tx, &hash, MailKind::VerifyEmail, now)? else {
                 return Ok(None);
             };
+            let was_verified = is_verified(&tx, user_id)?;
             let user = tx
                 .prepare_cached(concat!(
                     "UPDATE users SET email_verified_at = coalesce(email_verified_at, ?1)
@@ -110,11 +111,11 @@ impl SqliteStore {
                 ))?
                 .query_row(params![now, user_id], user_from_row)
                 .optional()?;
-            commit_with(
-                tx,
-                &audit,
-                &[Event::new(Kind::EmailVerified, Some(user_id))],
-            )?;
+            let events: Vec<_> = (!was_verified)
+                .then(|| crate::audit::email_verified(user_id, "link"))
+                .into_iter()
+                .collect();
+            commit_with(tx, &audit, &events)?;
             Ok(user)
         })
         .await
@@ -150,16 +151,19 @@ impl SqliteStore {
             let Some(user_id) = take_token(&tx, &hash, MailKind::ResetPassword, now)? else {
                 return Ok(None);
             };
+            let was_verified = is_verified(&tx, user_id)?;
             tx.prepare_cached(
                 "UPDATE users SET password_hash = ?1, email_verified_at = coalesce(email_verified_at, ?2)
                  WHERE id = ?3",
             )?
             .execute(params![new_password_hash, now, user_id])?;
-            tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+            let ended = tx
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
                 .execute(params![user_id])?;
             tx.prepare_cached("DELETE FROM mail_tokens WHERE user_id = ?1")?
                 .execute(params![user_id])?;
-            commit_with(tx, &audit, &[Event::new(Kind::PasswordReset, Some(user_id))])?;
+            let events = crate::audit::password_reset(user_id, ended as u64, !was_verified);
+            commit_with(tx, &audit, &events)?;
             Ok(Some(user_id))
         })
         .await
@@ -308,6 +312,12 @@ impl SqliteStore {
 }
 
 /// Deletes a live token of `kind`, inside the caller's transaction; the user it was for.
+/// Whether the user's address is verified already (inside a write transaction).
+fn is_verified(tx: &rusqlite::Transaction<'_>, user_id: i64) -> rusqlite::Result<bool> {
+    tx.prepare_cached("SELECT email_verified_at IS NOT NULL FROM users WHERE id = ?1")?
+        .query_row(params![user_id], |r| r.get(0))
+}
+
 fn take_token(
     tx: &rusqlite::Transaction<'_>,
     hash: &[u8; 32],

@@ -145,10 +145,6 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Read connections of a file database.
 const READERS: usize = 2;
-/// How long an inline read may wait for a lock before the request gets 503. WAL readers wait
-/// only in rare moments (a recovery, another process's exclusive lock), and the thread waiting
-/// is one that serves requests: short.
-const INLINE_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database, sets it up and applies the migrations.
@@ -207,13 +203,17 @@ impl SqliteStore {
                     readers.push(reader);
                 }
                 // One per thread that may serve requests at once (tokio's workers: the cores).
-                let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16));
+                let threads =
+                    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 16));
                 let mut inline = Vec::with_capacity(threads);
                 for _ in 0..threads {
                     let mut c = rusqlite::Connection::open(path).map_err(cannot_open)?;
                     configure(&mut c)
                         .and_then(|()| {
-                            c.busy_timeout(INLINE_BUSY_TIMEOUT)
+                            // Never wait on the request's thread: a read that would wait for a
+                            // lock (rare for a WAL reader: a recovery, another process's exclusive
+                            // lock) goes to a reader thread instead.
+                            c.busy_timeout(Duration::ZERO)
                                 .and_then(|()| c.pragma_update(None, "query_only", true))
                                 .map_err(|e| e.to_string())
                         })
@@ -232,19 +232,18 @@ impl SqliteStore {
     }
 
     /// Runs a short point read on the calling thread (see [`SqliteStore`]), on a free inline
-    /// connection (or the first, when all are taken); `None` for an in-memory database, whose
-    /// reads go to its one connection's thread.
+    /// connection. `None` when it did not run there (an in-memory database, every inline
+    /// connection taken, or the database busy): the caller then reads through a reader thread,
+    /// which may wait; the request's thread never does.
     pub(super) fn read_inline<T>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
     ) -> Option<Result<T, StoreError>> {
-        let first = self.inline.first()?;
-        let slot = self
-            .inline
-            .iter()
-            .find_map(|c| c.try_lock().ok())
-            .unwrap_or_else(|| first.lock().unwrap_or_else(|p| p.into_inner()));
-        slot.as_ref().map(f)
+        let slot = self.inline.iter().find_map(|c| c.try_lock().ok())?;
+        match f(slot.as_ref()?) {
+            Err(StoreError::Unavailable(_)) => None,
+            done => Some(done),
+        }
     }
 
     /// Runs a write on the writer's thread.

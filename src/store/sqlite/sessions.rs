@@ -73,8 +73,8 @@ impl SqliteStore {
                 .optional()?)
         };
         // Every authenticated request makes this read: on its own thread (two primary-key
-        // lookups), not handed to a reader thread and back.
-        match self.read_inline(|c| read(c)) {
+        // lookups), not handed to a reader thread and back (unless it would have to wait).
+        match self.read_inline(&read) {
             Some(result) => result,
             None => self.read(move |c| read(c)).await,
         }

@@ -127,18 +127,16 @@ impl SqliteStore {
             if changed == 0 {
                 return Ok(false);
             }
-            tx.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
+            let ended = tx
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?
                 .execute(params![user_id])?;
             // A reset link mailed before the change must not undo it.
             tx.prepare_cached(
                 "DELETE FROM mail_tokens WHERE user_id = ?1 AND kind = 'reset_password'",
             )?
             .execute(params![user_id])?;
-            commit_with(
-                tx,
-                &audit,
-                &[Event::new(Kind::PasswordChanged, Some(user_id))],
-            )?;
+            let event = crate::audit::password_changed(user_id, ended as u64);
+            commit_with(tx, &audit, &[event])?;
             Ok(true)
         })
         .await
@@ -243,7 +241,7 @@ impl SqliteStore {
                 )?
                 .execute(params![to_i64(now), user_id])?;
             let events = if verified == 1 {
-                vec![Event::new(Kind::EmailVerified, Some(user_id)).with("by", "create-admin")]
+                vec![crate::audit::email_verified(user_id, "create-admin")]
             } else {
                 Vec::new()
             };
