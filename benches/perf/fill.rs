@@ -87,6 +87,9 @@ pub fn sqlite(path: &Path, users: u64, hash: &str) -> Result<Duration, rusqlite:
              VALUES (?1, 'login.succeeded', ?2, '127.0.0.1', 'bench-fill')",
         )?;
         for id in 1..=users {
+            if id % 65536 == 0 {
+                crate::check_interrupted();
+            }
             let (email, role) = if id == 1 {
                 (ADMIN_EMAIL.to_owned(), "admin")
             } else {

@@ -77,7 +77,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
@@ -303,7 +303,31 @@ struct Bench {
     sizing: Vec<(u32, f64)>,
 }
 
+/// Set by SIGINT, SIGTERM or SIGHUP; the bench stops at the next check, unwinding, so that
+/// every server, wrk, nginx and PostgreSQL is stopped by its guard.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Panics (unwinds, stopping everything) once a signal asked the bench to stop.
+pub fn check_interrupted() {
+    assert!(
+        !INTERRUPTED.load(Ordering::SeqCst),
+        "interrupted: stopping the servers, wrk, nginx and PostgreSQL"
+    );
+}
+
+fn catch_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
 fn main() {
+    catch_signals();
     raise_file_limit();
     let settings = Settings::from_env();
     let work = tempfile::tempdir().expect("temp dir");
@@ -357,6 +381,7 @@ fn settle(groups: Vec<Group>) {
     let started = Instant::now();
     let meter = Meter::new(groups);
     loop {
+        check_interrupted();
         let before = Meter::sample();
         std::thread::sleep(Duration::from_millis(200));
         let busy: f64 = meter
@@ -700,6 +725,7 @@ impl Bench {
 
     /// Runs wrk on `s` once it is idle, and prints the phase's lines.
     fn phase(&self, s: &Subject, name: &str, run: &Run<'_>) -> Outcome {
+        check_interrupted();
         settle(s.groups());
         self.phase_now(s, name, run)
     }
@@ -707,6 +733,7 @@ impl Bench {
     /// [`Bench::phase`] without waiting for the server to be idle.
     fn phase_now(&self, s: &Subject, name: &str, run: &Run<'_>) -> Outcome {
         let outcome = self.wrk.run(run, s.groups());
+        check_interrupted();
         println!("{}", outcome.lines(&format!("{}: {name}", s.label)));
         s.server.trim_log();
         outcome

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{peak_rss_kib, terminate};
+use crate::common::{peak_rss_kib, stop_with_parent, terminate};
 use warp::Filter;
 
 /// The HS256 secret of every server but the EdDSA one.
@@ -73,6 +73,7 @@ impl Server {
             .expect("create the server's log file");
         let err = out.try_clone().expect("clone the log file handle");
         let mut cmd = Command::new(&bin);
+        stop_with_parent(&mut cmd);
         cmd.current_dir(spec.dir)
             .env("DATABASE_URL", spec.database_url)
             .env("JWT_SECRET", SECRET)
@@ -130,8 +131,10 @@ impl Server {
         server
     }
 
-    /// Panics, with the log's tail, if the server has exited or has taken too long.
+    /// Panics, with the log's tail, if the server has exited or has taken too long (or the
+    /// bench was interrupted).
     fn check_alive(&mut self, spawned: Instant) {
+        crate::check_interrupted();
         let tail = || {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();

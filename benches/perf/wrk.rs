@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{Group, Meter, Sample, Shares, terminate};
+use crate::common::{Group, Meter, Sample, Shares, stop_with_parent, terminate};
 
 const COMMON: &str = include_str!("lua/common.lua");
 
@@ -153,6 +153,7 @@ impl Wrk {
     pub fn start(&self, run: &Run<'_>) -> Pending {
         let threads = self.threads.min(run.connections).max(1);
         let mut cmd = Command::new(&self.bin);
+        stop_with_parent(&mut cmd);
         cmd.arg(format!("-t{threads}"))
             .arg(format!("-c{}", run.connections))
             .arg(format!("-d{}s", run.seconds))
