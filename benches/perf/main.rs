@@ -840,13 +840,17 @@ impl Bench {
         println!("{}", after.lines("bare warp route, 64 conns"));
         drop(bare);
         let ceiling = (before.rps() + after.rps()) / 2.0;
+        let bare_per_cpu = (before.per_cpu_second() + after.per_cpu_second()) / 2.0;
         println!(
             "  /me / bare route {:.2}, /health / bare route {:.2} (bare route before {:.0}, after \
-             {:.0} req/s: their mean is the ceiling)",
+             {:.0} req/s: their mean is the ceiling); per CPU-second, which other load moves \
+             less: /me {:.2}, /health {:.2}",
             me.rps() / ceiling,
             health.rps() / ceiling,
             before.rps(),
-            after.rps()
+            after.rps(),
+            me.per_cpu_second() / bare_per_cpu,
+            health.per_cpu_second() / bare_per_cpu,
         );
         self.target(
             100,
@@ -862,7 +866,11 @@ impl Bench {
         println!("EdDSA: /me on the HS256 server, then on the EdDSA one");
         let hs = self.me(hs256, 64, FAST_TIMEOUT);
         let ed = self.me(eddsa, 64, FAST_TIMEOUT);
-        println!("  EdDSA / HS256, /me: {:.2}", ed.rps() / hs.rps());
+        println!(
+            "  EdDSA / HS256, /me: {:.2} (per CPU-second {:.2})",
+            ed.rps() / hs.rps(),
+            ed.per_cpu_second() / hs.per_cpu_second()
+        );
         self.target(
             400,
             "/me, EdDSA / HS256",
@@ -1144,10 +1152,11 @@ impl Bench {
         let verify = self.verify_time(12);
         let per_core = |o: &Outcome| o.rps() / o.cpu.cores("server") * verify;
         println!(
-            "  PostgreSQL / SQLite, /me: {:.2}; login / bound: SQLite {:.2}, PostgreSQL {:.2} \
-             (logins per server core / (1 / verify), which other load on the machine moves \
-             less: SQLite {:.2}, PostgreSQL {:.2})",
+            "  PostgreSQL / SQLite, /me: {:.2} (per CPU-second {:.2}); login / bound: SQLite \
+             {:.2}, PostgreSQL {:.2} (logins per server core / (1 / verify), which other load \
+             on the machine moves less: SQLite {:.2}, PostgreSQL {:.2})",
             me_pg.rps() / me_sqlite.rps(),
+            me_pg.per_cpu_second() / me_sqlite.per_cpu_second(),
             login_sqlite.rps() / bound,
             login_pg.rps() / bound,
             per_core(&login_sqlite),
