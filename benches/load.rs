@@ -39,22 +39,24 @@
 //!   `nginx` on PATH, else /usr/sbin/nginx; without one the phase is skipped, saying so);
 //! * `DATABASE_MAX_CONNECTIONS` passes through to the servers (PostgreSQL's pool, default 16).
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::Method;
+
+// What this bench shares with `benches/perf`: the client connection, the CPU meter, nginx.
+#[allow(dead_code)]
+mod common;
+
+use common::{
+    Conn, Group, Meter, env_or, nginx_binary, nginx_version, peak_rss_kib, postmaster_pid,
+    start_nginx, terminate,
+};
 
 // The test suite's PostgreSQL fixture; the bench uses `Cluster::start`, `create_database` and
 // `psql`, the rest serves the tests.
@@ -64,17 +66,6 @@ mod pg;
 
 const PASSWORD: &str = "Bench-Password-42";
 const USERS: usize = 16;
-
-/// SIGTERM, then waits for the exit. Through libc: a minimal machine has no `kill` program.
-fn terminate(child: &mut Child) {
-    // The pid is our child's and is not reaped before the wait below, so it names no other
-    // process.
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let _ = child.wait();
-}
 
 struct Server {
     child: Child,
@@ -126,60 +117,6 @@ fn start_server(dir: &Path, database_url: &OsStr, cost: u32) -> Server {
         .recv_timeout(Duration::from_secs(30))
         .expect("the server did not start");
     server
-}
-
-/// One keep-alive connection.
-struct Conn {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: String,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        Conn {
-            sender,
-            host: addr.to_owned(),
-        }
-    }
-
-    /// Sends a request; the status and the body.
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> (u16, Bytes) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", &self.host);
-        if let Some(token) = token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
-            .expect("request");
-        self.sender.ready().await.expect("connection ready");
-        let response = self.sender.send_request(request).await.expect("response");
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -323,172 +260,6 @@ async fn drive(
     stats
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Where the CPU goes during a phase: the CPU time of groups of processes, and the whole
-/// machine's, from /proc. A process that exits during the phase takes its time with it (none of
-/// ours does: PostgreSQL's backends live as long as the servers' pooled connections).
-struct Meter {
-    groups: Vec<Group>,
-    ticks_per_second: f64,
-}
-
-/// A process, or a process and its direct children (PostgreSQL's backends, nginx's workers).
-struct Group {
-    name: &'static str,
-    pid: u32,
-    children: bool,
-}
-
-impl Group {
-    /// The process alone (the bench's own process is the servers' parent, for one).
-    fn process(name: &'static str, pid: u32) -> Group {
-        Group {
-            name,
-            pid,
-            children: false,
-        }
-    }
-
-    fn tree(name: &'static str, pid: u32) -> Group {
-        Group {
-            name,
-            pid,
-            children: true,
-        }
-    }
-}
-
-struct Sample {
-    at: Instant,
-    /// pid: (parent pid, user + system ticks).
-    processes: HashMap<u32, (u32, u64)>,
-    /// The machine's busy ticks, all CPUs: user, nice, system, irq, softirq.
-    machine: u64,
-    /// Of which irq and softirq (loopback TCP, for one), charged to no process.
-    irq: u64,
-}
-
-impl Meter {
-    fn new(groups: Vec<Group>) -> Meter {
-        // SAFETY: sysconf takes and returns integers.
-        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        Meter {
-            groups,
-            ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
-        }
-    }
-
-    fn sample(&self) -> Sample {
-        let mut processes = HashMap::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ...": fields after the last ')'; utime and stime are the
-            // 14th and 15th fields of the line, the 12th and 13th after the state.
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            if let (Some(ppid), Some(utime), Some(stime)) = (number(1), number(11), number(12)) {
-                processes.insert(pid, (ppid as u32, utime + stime));
-            }
-        }
-        let (machine, irq) = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().next()?.to_owned();
-                let f: Vec<u64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .filter_map(|n| n.parse().ok())
-                    .collect();
-                // "cpu user nice system idle iowait irq softirq steal ..."
-                let irq = f.get(5)? + f.get(6)?;
-                Some((f.first()? + f.get(1)? + f.get(2)? + irq, irq))
-            })
-            .unwrap_or((0, 0));
-        Sample {
-            at: Instant::now(),
-            processes,
-            machine,
-            irq,
-        }
-    }
-
-    /// "cpu, cores: client 0.93, server 0.88, ..., irq 0.05, rest of the machine 0.02 (busy
-    /// 1.95 of 2); 8123 requests per CPU-second": the rest is every other process (another
-    /// user's build, kernel threads); the last figure counts the groups' and irq's time (irq is
-    /// mostly loopback TCP here) and is set in `stats`.
-    fn report(&self, before: &Sample, after: &Sample, stats: &mut Stats) -> String {
-        let seconds = after.at.duration_since(before.at).as_secs_f64();
-        let cores = |ticks: u64| ticks as f64 / self.ticks_per_second / seconds;
-        let mut parts = Vec::new();
-        let mut ours = 0;
-        for group in &self.groups {
-            let ticks: u64 = after
-                .processes
-                .iter()
-                .filter(|&(&pid, &(ppid, _))| {
-                    pid == group.pid || (group.children && ppid == group.pid)
-                })
-                .map(|(pid, &(_, t))| {
-                    t.saturating_sub(before.processes.get(pid).map_or(0, |&(_, t)| t))
-                })
-                .sum();
-            ours += ticks;
-            parts.push(format!("{} {:.2}", group.name, cores(ticks)));
-        }
-        let machine = after.machine.saturating_sub(before.machine);
-        let irq = after.irq.saturating_sub(before.irq);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        stats.per_cpu_second =
-            stats.requests as f64 / ((ours + irq) as f64 / self.ticks_per_second);
-        format!(
-            "    cpu, cores: {}, irq {:.2}, rest of the machine {:.2} (busy {:.2} of {cpus}); \
-             {:.1} requests per CPU-second",
-            parts.join(", "),
-            cores(irq),
-            cores(machine.saturating_sub(ours + irq)),
-            cores(machine),
-            stats.per_cpu_second
-        )
-    }
-}
-
-/// The pid of the postmaster listening on `port` (its command line has `-p PORT`).
-fn postmaster_pid(port: u16) -> Option<u32> {
-    let port = port.to_string();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            let is_postgres = args.first()?.ends_with(b"postgres");
-            let on_port = args
-                .windows(2)
-                .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
-            (is_postgres && on_port).then_some(pid)
-        })
-}
-
 /// One phase: drives the load, prints its line and where the CPU went.
 async fn phase(
     meter: &Meter,
@@ -499,11 +270,13 @@ async fn phase(
     duration: Duration,
     tokens: &Arc<Vec<String>>,
 ) -> Stats {
-    let before = meter.sample();
+    let before = Meter::sample();
     let mut stats = drive(addr, load, connections, duration, tokens.clone()).await;
-    let after = meter.sample();
+    let after = Meter::sample();
     println!("{}", stats.line(name));
-    println!("{}", meter.report(&before, &after, &mut stats));
+    let (cpu, per_cpu_second) = meter.report(&before, &after, stats.requests);
+    stats.per_cpu_second = per_cpu_second;
+    println!("{cpu}");
     stats
 }
 
@@ -559,13 +332,6 @@ struct Settings {
     cpus: usize,
     /// One bcrypt verify at `cost`, in seconds.
     verify: f64,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
 }
 
 fn backends() -> Vec<Backend> {
@@ -813,16 +579,18 @@ async fn measure(subjects: &[Subject], settings: &Settings) -> Vec<Figures> {
             .await
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = s.meter.sample();
+        let before = Meter::sample();
         let mut me_storm = drive(&s.server.addr, Load::Me, 64, duration, s.tokens.clone()).await;
-        let after = s.meter.sample();
+        let after = Meter::sample();
         let storm = storm.await.expect("storm");
         println!(
             "{}",
             me_storm.line(&format!("{}{:<34}", s.tag, "GET /me during a login storm"))
         );
         // Its requests per CPU-second count the storm's logins' CPU too.
-        println!("{}", s.meter.report(&before, &after, &mut me_storm));
+        let (cpu, per_cpu_second) = s.meter.report(&before, &after, me_storm.requests);
+        me_storm.per_cpu_second = per_cpu_second;
+        println!("{cpu}");
         println!(
             "{}",
             storm.line(&format!("{}  (the storm: POST /login, 32 conns)", s.tag))
@@ -991,140 +759,6 @@ fn compare(sqlite: &Figures, postgres: &Figures, cost: u32) {
     );
 }
 
-/// nginx on loopback in front of the replicas: `one` proxies to replica A alone, `two` to A and
-/// B (round robin, the default), both over keepalive upstream connections.
-struct Nginx {
-    child: Child,
-    one: String,
-    two: String,
-    workers: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: nginx's fast shutdown.
-        terminate(&mut self.child);
-    }
-}
-
-fn nginx_binary() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("BENCH_NGINX").filter(|b| !b.is_empty()) {
-        return Some(PathBuf::from(bin));
-    }
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file())
-}
-
-/// Two loopback ports that were free a moment ago.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    (
-        a.local_addr().expect("address").port(),
-        b.local_addr().expect("address").port(),
-    )
-}
-
-fn start_nginx(bin: &Path, a: &str, b: &str) -> Nginx {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().display().to_string();
-    // As root nginx runs its workers as an unprivileged user: let them into the directory
-    // (it holds only this configuration and the error log).
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the nginx directory");
-    let (port_one, port_two) = free_ports();
-    // keepalive_requests: nginx closes a connection after 1000 requests by default, on either
-    // side; the client here keeps its connections for the whole phase.
-    let conf = format!(
-        r#"daemon off;
-master_process on;
-worker_processes auto;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    upstream one {{ server {a}; keepalive 64; keepalive_requests 1000000; }}
-    upstream two {{ server {a}; server {b}; keepalive 64; keepalive_requests 1000000; }}
-    server {{
-        listen 127.0.0.1:{port_one};
-        location / {{ proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    }}
-    server {{
-        listen 127.0.0.1:{port_two};
-        location / {{ proxy_pass http://two; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    }}
-}}
-"#
-    );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-e")
-        .arg(dir.path().join("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    let mut nginx = Nginx {
-        child,
-        one: format!("127.0.0.1:{port_one}"),
-        two: format!("127.0.0.1:{port_two}"),
-        workers: String::new(),
-        dir,
-    };
-    let log_path = nginx.dir.path().join("error.log");
-    let error_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = nginx.child.try_wait() {
-            panic!("nginx exited ({status}):\n{}", error_log());
-        }
-        let up = [&nginx.one, &nginx.two]
-            .iter()
-            .all(|addr| std::net::TcpStream::connect(addr.as_str()).is_ok());
-        if up {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not listen within 10 s:\n{}",
-            error_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let master = nginx.child.id();
-    let workers = Meter::new(Vec::new())
-        .sample()
-        .processes
-        .values()
-        .filter(|&&(ppid, _)| ppid == master)
-        .count();
-    nginx.workers = format!("{workers} worker processes");
-    nginx
-}
-
 /// One replica against two behind nginx, on the PostgreSQL database of `postgres`'s run.
 async fn replicas(postgres: &Subject, postgres_port: u16, settings: &Settings) {
     let Some(bin) = nginx_binary() else {
@@ -1133,14 +767,7 @@ async fn replicas(postgres: &Subject, postgres_port: u16, settings: &Settings) {
         );
         return;
     };
-    let version = Command::new(&bin)
-        .arg("-v")
-        .output()
-        .map(|o| {
-            let v = String::from_utf8_lossy(&o.stderr);
-            v.trim().trim_start_matches("nginx version: ").to_owned()
-        })
-        .unwrap_or_default();
+    let version = nginx_version(&bin);
     let (dir_a, dir_b) = (
         tempfile::tempdir().expect("temp dir"),
         tempfile::tempdir().expect("temp dir"),

@@ -1,0 +1,1 @@
+-- GET of the URL's path, the same request each time (wrk's static request; -H adds headers).
