@@ -92,7 +92,10 @@ pub async fn rotate(
     presented: &str,
     client: Client,
 ) -> Result<TokenPair, ApiError> {
-    let presented = OpaqueToken::parse(presented).ok_or(ApiError::InvalidToken)?;
+    let Some(presented) = OpaqueToken::parse(presented) else {
+        state.metrics.refresh(&Refresh::Invalid);
+        return Err(ApiError::InvalidToken);
+    };
     let successor = OpaqueToken::generate();
     let outcome = state
         .store
@@ -109,6 +112,7 @@ pub async fn rotate(
             ip: client.ip,
         })
         .await?;
+    state.metrics.refresh(&outcome);
     match outcome {
         Refresh::Rotated {
             user_id,
