@@ -48,6 +48,8 @@ mod sqlite {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "metrics.rs"]
+    mod metrics;
     #[path = "mfa.rs"]
     mod mfa;
     #[path = "openapi.rs"]
@@ -95,6 +97,8 @@ mod postgres {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "metrics.rs"]
+    mod metrics;
     #[path = "mfa.rs"]
     mod mfa;
     #[path = "ops.rs"]
