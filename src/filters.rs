@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use validator::ValidateArgs;
 use warp::http::{HeaderMap, HeaderValue, Method, header};
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -292,6 +293,31 @@ pub fn with_auth(
                     .map_err(Rejection::from)
             }
         })
+        .and(warp::ext::optional::<LoggedUser>())
+        .map(|auth: Auth, logged: Option<LoggedUser>| {
+            if let Some(logged) = logged {
+                logged.set(auth.user.id);
+            }
+            auth
+        })
+}
+
+/// Who a request authenticated as, for its access-log line: `server::serve` gives each request
+/// an empty one, [`with_auth`] fills it in, the app's `finish` reads it. (A field recorded into the
+/// request span would do the same, at the cost of re-serializing the span's fields with JSON logs,
+/// about 2 µs: see BENCHMARKS.md.)
+#[derive(Debug, Clone, Default)]
+pub struct LoggedUser(Arc<std::sync::atomic::AtomicI64>);
+
+impl LoggedUser {
+    fn set(&self, user_id: i64) {
+        self.0.store(user_id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The user id, once authenticated (ids start at 1).
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(std::sync::atomic::Ordering::Relaxed)).filter(|id| *id > 0)
+    }
 }
 
 async fn authenticate(
@@ -449,6 +475,11 @@ pub struct RequestContext {
     pub id: HeaderValue,
     pub head: bool,
     pub start: Instant,
+    /// The method and the route (the path's template) as the metrics label them.
+    pub method: &'static str,
+    pub route: &'static str,
+    client: Option<std::net::IpAddr>,
+    user: Option<LoggedUser>,
     answered: bool,
 }
 
@@ -462,6 +493,16 @@ impl RequestContext {
     pub fn latency_ms(&self) -> f64 {
         self.start.elapsed().as_micros() as f64 / 1000.0
     }
+
+    /// The client's address, as a log field.
+    pub fn client(&self) -> Option<tracing::field::DisplayValue<std::net::IpAddr>> {
+        self.client.map(tracing::field::display)
+    }
+
+    /// The user the request authenticated as, if it did.
+    pub fn user_id(&self) -> Option<i64> {
+        self.user.as_ref().and_then(LoggedUser::get)
+    }
 }
 
 impl Drop for RequestContext {
@@ -470,6 +511,9 @@ impl Drop for RequestContext {
             // Dropped inside the request span: the line carries the method, path and id.
             tracing::info!(
                 latency_ms = self.latency_ms(),
+                route = self.route,
+                client = self.client(),
+                user_id = self.user_id(),
                 "request abandoned: the client closed the connection before the answer"
             );
         }
@@ -488,9 +532,31 @@ pub fn request_context() -> impl Filter<Extract = (RequestContext,), Error = Inf
                 id,
                 head: method == Method::HEAD,
                 start: Instant::now(),
+                method: crate::metrics::method_label(&method),
+                route: crate::metrics::UNMATCHED,
+                client: None,
+                user: None,
                 answered: false,
             }
         })
+        .and(warp::path::full())
+        .and(client_addr())
+        .and(warp::ext::optional::<LoggedUser>())
+        .map(access_log_fields)
+}
+
+/// What the access-log line says beyond the span's method, path and id, and the metrics label:
+/// the route (the path's template), the client, and (filled in later) the user.
+fn access_log_fields(
+    mut ctx: RequestContext,
+    path: FullPath,
+    client: Option<ClientAddr>,
+    user: Option<LoggedUser>,
+) -> RequestContext {
+    ctx.route = crate::metrics::route(path.as_str());
+    ctx.client = client.map(|c| c.0);
+    ctx.user = user;
+    ctx
 }
 
 #[cfg(test)]

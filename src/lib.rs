@@ -11,6 +11,7 @@ pub mod error;
 pub mod filters;
 pub mod keys;
 pub mod mail;
+pub mod metrics;
 pub mod mfa;
 pub mod openapi;
 pub mod password;
@@ -58,6 +59,8 @@ pub struct State {
     pub mfa: mfa::Mfa,
     /// Keeps a flood of refused logins from writing a flood of `login.throttled` events.
     pub throttled_events: audit::Coalesce,
+    /// The Prometheus families (`/metrics` on METRICS_ADDR).
+    pub metrics: metrics::Metrics,
     /// `PUBLIC_URL`'s origin.
     public_origin: String,
 }
@@ -100,6 +103,7 @@ impl AppState {
     ) -> Result<Self, StartError> {
         let ring = keys::KeyRing::load(&config, &store).await?;
         let mailer = mail::Mailer::new(&config.mail)?;
+        let metrics = metrics::Metrics::new(&hasher, &mailer)?;
         let public_origin = url::Url::parse(&config.mail.public_url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
@@ -107,6 +111,7 @@ impl AppState {
             mfa: mfa::Mfa::new(&config),
             throttled_events: audit::Coalesce::new(audit::THROTTLED_EVENT_EVERY),
             mailer,
+            metrics,
             public_origin,
             tokens: TokenKeys::new(&config, Arc::new(ring)),
             rules: Arc::new(Rules {
@@ -232,9 +237,10 @@ pub fn app(state: AppState) -> BoxedFilter<(Response,)> {
         &state.config.cors_origins,
         state.config.refresh_token_cookie,
     );
+    let metrics = state.metrics.clone();
     filters::request_context()
         .and(api)
-        .map(finish)
+        .map(move |ctx, response| finish(ctx, response, &metrics))
         .with(warp::trace(request_span))
         .map(Reply::into_response)
         .boxed()
@@ -309,7 +315,7 @@ fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
 }
 
 /// A HEAD's answer: the GET's status and headers, with the length the body would have had.
-fn without_body(response: &mut Response) {
+pub(crate) fn without_body(response: &mut Response) {
     use hyper::body::Body as _;
     let length = response.body().size_hint().exact();
     *response.body_mut() = Default::default();
@@ -321,7 +327,11 @@ fn without_body(response: &mut Response) {
 }
 
 /// Headers every response carries, and the one access-log line per request.
-fn finish(mut ctx: filters::RequestContext, mut response: Response) -> Response {
+fn finish(
+    mut ctx: filters::RequestContext,
+    mut response: Response,
+    metrics: &metrics::Metrics,
+) -> Response {
     ctx.answered();
     // The id moves into the response (the context only logs from here on, in Drop).
     let id = std::mem::replace(&mut ctx.id, HeaderValue::from_static(""));
@@ -329,16 +339,46 @@ fn finish(mut ctx: filters::RequestContext, mut response: Response) -> Response 
     if ctx.head {
         without_body(&mut response);
     }
+    metrics.request(
+        ctx.method,
+        ctx.route,
+        response.status(),
+        ctx.start.elapsed(),
+    );
     let status = response.status().as_u16();
     // Whole microseconds, so the figure prints short.
     let latency_ms = ctx.latency_ms();
+    // The route, client and user are this line's own fields, not the span's: recorded into the
+    // span, each would cost a re-serialization of its fields with JSON logs (BENCHMARKS.md).
+    let (route, client, user_id) = (ctx.route, ctx.client(), ctx.user_id());
     if status == 503 {
         // Overload or a busy database: a condition to watch, not a fault (the cause is logged).
-        tracing::warn!(status, latency_ms, "request finished");
+        tracing::warn!(
+            status,
+            latency_ms,
+            route,
+            client,
+            user_id,
+            "request finished"
+        );
     } else if status >= 500 {
-        tracing::error!(status, latency_ms, "request finished");
+        tracing::error!(
+            status,
+            latency_ms,
+            route,
+            client,
+            user_id,
+            "request finished"
+        );
     } else {
-        tracing::info!(status, latency_ms, "request finished");
+        tracing::info!(
+            status,
+            latency_ms,
+            route,
+            client,
+            user_id,
+            "request finished"
+        );
     }
     response
 }

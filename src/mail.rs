@@ -62,6 +62,8 @@ pub struct Mailer {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Bounds the work requests leave to run after their answer (forgot-password lookups).
     background: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Delivery attempts by outcome, for the metrics.
+    outcomes: crate::metrics::MailOutcomes,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -104,7 +106,13 @@ impl Mailer {
             wake: Notify::new(),
             stopping: tokio::sync::watch::Sender::new(false),
             background: std::sync::Arc::new(tokio::sync::Semaphore::new(BACKGROUND_SLOTS)),
+            outcomes: crate::metrics::MailOutcomes::new(),
         })
+    }
+
+    /// Delivery attempts by outcome (for the metrics).
+    pub fn outcomes(&self) -> &crate::metrics::MailOutcomes {
+        &self.outcomes
     }
 
     /// Whether mail is delivered (an SMTP server is configured) rather than logged.
@@ -306,6 +314,7 @@ impl Mailer {
         match result {
             Ok(()) => {
                 if self.delivers() {
+                    self.outcomes.sent();
                     tracing::info!(mail_id = mail.id, kind = mail.kind.as_str(), "mail sent");
                 }
                 self.record(store.mail_sent(&mail, now).await, &mail, None)
@@ -314,6 +323,7 @@ impl Mailer {
                 permanent: true,
                 error,
             }) => {
+                self.outcomes.failed();
                 tracing::warn!(
                     mail_id = mail.id,
                     kind = mail.kind.as_str(),
@@ -323,6 +333,7 @@ impl Mailer {
                 self.record(store.mail_dropped(&mail, now, error).await, &mail, None)
             }
             Err(Failure { error, .. }) => {
+                self.outcomes.failed();
                 let backoff = backoff_seconds(mail.attempt.saturating_sub(1));
                 tracing::warn!(
                     mail_id = mail.id,

@@ -170,6 +170,10 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     let state_for_mail = state.clone();
     let mail_worker = tokio::spawn(state.clone().deliver_mail());
     let key_watch = tokio::spawn(state.tokens.ring().clone().watch(store.clone()));
+    let metrics = match state.config.metrics_addr {
+        Some(metrics_addr) => Some(serve_metrics(&state, metrics_addr).await?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| CommandError::Io {
@@ -189,6 +193,9 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     .await;
     housekeeping.abort();
     key_watch.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // The mail being sent is finished (or given back), so no claim waits out its lease.
     state_for_mail.mailer.stop();
     if tokio::time::timeout(std::time::Duration::from_secs(10), mail_worker)
@@ -204,6 +211,28 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `GET /metrics` on its own listener (`METRICS_ADDR`), until the API server has stopped.
+async fn serve_metrics(
+    state: &AppState,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::task::JoinHandle<()>, CommandError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CommandError::Io {
+            context: format!("cannot listen on {addr} (METRICS_ADDR)"),
+            source,
+        })?;
+    // Port 0 picks a free port: the line below tells which.
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!("metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(server::serve(
+        listener,
+        warp_auth_api::metrics::app(state),
+        Vec::new(),
+        std::future::pending(),
+    )))
 }
 
 /// The container's health check: `GET /health/ready` on the configured port, with a deadline.

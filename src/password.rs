@@ -98,6 +98,8 @@ pub struct PasswordHasher {
     dummy_hash: std::sync::Arc<str>,
     /// How long the recent verifies took.
     recent: std::sync::Arc<RecentTimes>,
+    /// Every hash's and verify's time, for the metrics.
+    times: crate::metrics::HashTimes,
 }
 
 /// The durations of the last few verifies, to pad failed ones to the slowest.
@@ -141,15 +143,17 @@ impl PasswordHasher {
     pub fn new(cost: u32, workers: usize, queue: usize) -> Result<Self, ApiError> {
         let workers = workers.max(1);
         let (jobs, inbox) = crossbeam_channel::bounded::<Job>(queue);
+        let times = crate::metrics::HashTimes::new();
         for i in 0..workers {
             let inbox = inbox.clone();
+            let times = times.clone();
             thread::Builder::new()
                 .name(format!("bcrypt-{i}"))
                 .spawn(move || {
                     lower_priority();
                     // Ends when every sender is gone.
                     for job in inbox {
-                        run(job, cost);
+                        run(job, cost, &times);
                     }
                 })
                 .map_err(|e| ApiError::Internal(format!("cannot start a hashing thread: {e}")))?;
@@ -162,6 +166,7 @@ impl PasswordHasher {
             cost,
             dummy_hash,
             recent: Default::default(),
+            times,
         })
     }
 
@@ -226,6 +231,16 @@ impl PasswordHasher {
             .unwrap_or(true)
     }
 
+    /// Jobs waiting for a thread (for the metrics).
+    pub fn queue_len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// The timings of the pool's work (for the metrics).
+    pub fn hash_times(&self) -> &crate::metrics::HashTimes {
+        &self.times
+    }
+
     fn submit(&self, job: Job) -> Result<(), ApiError> {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ApiError::Overloaded,
@@ -250,17 +265,19 @@ fn lower_priority() {
     }
 }
 
-fn run(job: Job, cost: u32) {
+fn run(job: Job, cost: u32, times: &crate::metrics::HashTimes) {
     // bcrypt uses the first 72 bytes; validation refuses longer passwords before they get here,
     // and this keeps it so should a caller forget. (bcrypt's "non-truncating" functions would also
     // refuse a password of exactly 72 bytes, which loses nothing, hence the check by hand.)
     match job {
         Job::Hash { password, reply } => {
+            let started = Instant::now();
             let result = if too_long(&password) {
                 Err(bcrypt::BcryptError::Truncation(password.len()))
             } else {
                 bcrypt::hash(password, cost)
             };
+            times.observe(started.elapsed());
             let _ = reply.send(result);
         }
         Job::Verify {
@@ -274,7 +291,9 @@ fn run(job: Job, cost: u32) {
             } else {
                 bcrypt::verify(password, &hash)
             };
-            let _ = reply.send((result, started.elapsed()));
+            let took = started.elapsed();
+            times.observe(took);
+            let _ = reply.send((result, took));
         }
     }
 }

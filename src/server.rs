@@ -32,7 +32,7 @@ use warp::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use warp::reply::Response;
 
 use crate::error::problem;
-use crate::filters::{ClientAddr, RequestId, stamp};
+use crate::filters::{ClientAddr, LoggedUser, RequestId, stamp};
 
 /// Longest wait for in-flight requests after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -109,6 +109,8 @@ pub async fn serve(
                 peer.ip()
             };
             request.extensions_mut().insert(ClientAddr(client));
+            // Filled in by `with_auth`, for the access-log line.
+            request.extensions_mut().insert(LoggedUser::default());
             // One id per request, from here on: the access log, the answer's header and any audit
             // event the request writes all carry it.
             let request_id = RequestId::for_header(request.headers().get("x-request-id"));

@@ -117,7 +117,10 @@ pub async fn rotate(
     presented: &str,
     audit: Context,
 ) -> Result<TokenPair, ApiError> {
-    let presented = OpaqueToken::parse(presented).ok_or(ApiError::InvalidToken)?;
+    let Some(presented) = OpaqueToken::parse(presented) else {
+        state.metrics.refresh(&Refresh::Invalid);
+        return Err(ApiError::InvalidToken);
+    };
     let successor = OpaqueToken::generate();
     let outcome = state
         .store
@@ -135,6 +138,7 @@ pub async fn rotate(
             audit,
         })
         .await?;
+    state.metrics.refresh(&outcome);
     match outcome {
         Refresh::Rotated {
             user_id,

@@ -279,7 +279,10 @@ pub(crate) async fn login_mfa(
 ) -> Result<Response, Rejection> {
     state.check_login_origin(origin.as_deref())?;
     // As a login: the attempt runs to its end whatever the client does.
-    let attempt = tokio::spawn(attempt_mfa(state.clone(), body, audit).in_current_span());
+    let attempt = state
+        .metrics
+        .counted_login(attempt_mfa(state.clone(), body, audit));
+    let attempt = tokio::spawn(attempt.in_current_span());
     let pair = attempt
         .await
         .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;

@@ -344,6 +344,7 @@ pub(crate) async fn register(
             &audit,
         )
         .await?;
+    state.metrics.registered();
     state.mailer.queued();
     tracing::info!(
         user_id = user.id,
@@ -433,7 +434,10 @@ pub(crate) async fn login(
     // The attempt runs to its end in a task of its own, whatever the client does: a client that
     // hangs up while a wrong password's answer is padded must not spare that guess from the
     // throttle (dropping this handler's future does not stop the task).
-    let attempt = tokio::spawn(attempt_login(state.clone(), body, audit).in_current_span());
+    let attempt = state
+        .metrics
+        .counted_login(attempt_login(state.clone(), body, audit));
+    let attempt = tokio::spawn(attempt.in_current_span());
     let pair = attempt
         .await
         .map_err(|e| ApiError::Internal(format!("login task: {e}")))??;

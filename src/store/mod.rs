@@ -647,6 +647,12 @@ impl Store {
         dispatch!(self.purge_mail(now))
     }
 
+    /// How many mails the outbox holds that are neither sent nor dropped (the metrics read it at
+    /// each scrape: a count over the partial index of queued rows).
+    pub async fn pending_mail(&self) -> Result<u64, StoreError> {
+        dispatch!(self.pending_mail())
+    }
+
     // The second factor.
 
     /// Stores a pending TOTP secret (replacing an earlier pending one); `false` when MFA is

@@ -50,6 +50,8 @@ mod sqlite {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "metrics.rs"]
+    mod metrics;
     #[path = "mfa.rs"]
     mod mfa;
     #[path = "openapi.rs"]
@@ -99,6 +101,8 @@ mod postgres {
     mod keys;
     #[path = "mail.rs"]
     mod mail;
+    #[path = "metrics.rs"]
+    mod metrics;
     #[path = "mfa.rs"]
     mod mfa;
     #[path = "ops.rs"]

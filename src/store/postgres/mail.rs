@@ -326,6 +326,15 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(tokens + mails)
     }
+
+    pub async fn pending_mail(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT count(*) FROM mail_outbox WHERE status = 'queued'")
+            .await?;
+        let count: i64 = client.query_one(&stmt, &[]).await?.get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
 }
 
 /// Deletes a live token of `kind`, inside the caller's transaction; the user it was for. The

@@ -309,6 +309,16 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub async fn pending_mail(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let count: i64 = c
+                .prepare_cached("SELECT count(*) FROM mail_outbox WHERE status = 'queued'")?
+                .query_row([], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
 }
 
 /// Deletes a live token of `kind`, inside the caller's transaction; the user it was for.
