@@ -120,6 +120,8 @@ fn main() -> ExitCode {
                 .map(|outcome| println!("{outcome}"))
         }
     };
+    // Log lines still in the buffer go out before the process does.
+    telemetry::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
