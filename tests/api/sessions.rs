@@ -462,3 +462,46 @@ async fn refreshing_in_a_loop_keeps_a_bounded_trail_and_housekeeping_forgets_sea
     app.refresh(&spent[60]).await.problem(401);
     app.refresh(&refresh).await.problem(401);
 }
+
+#[tokio::test]
+async fn a_session_ended_behind_the_services_back_is_refused_within_a_second() {
+    let app = TestApp::new().await;
+    let token = app.token("side@example.com").await;
+    app.me(&token).await.assert_status(200);
+    app.me(&token).await.assert_status(200);
+    // Another process (an operator's SQL, say) deletes the session: this process may answer
+    // from what it read for at most a second (SQLite), then reads the database again.
+    app.exec("DELETE FROM sessions").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.me(&token).await.problem(401);
+}
+
+#[tokio::test]
+async fn a_logout_holds_for_the_very_next_request_however_often_the_token_was_used() {
+    let app = TestApp::new().await;
+    let pair = app.user("often@example.com").await;
+    let access = pair["access_token"].as_str().unwrap().to_owned();
+    let other = app.login("often@example.com", PASSWORD).await.json();
+    let other = other["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..20 {
+        app.me(&access).await.assert_status(200);
+        app.me(&other).await.assert_status(200);
+    }
+    app.authed("POST", "/api/v1/users/logout", &access, None)
+        .await
+        .assert_status(204);
+    app.me(&access).await.problem(401);
+    app.me(&other).await.assert_status(200);
+    // A role change is seen by the very next request too.
+    let admin = app.admin_token("boss@example.com").await;
+    let id = app.id_of("often@example.com").await;
+    app.authed(
+        "PATCH",
+        &format!("/api/v1/admin/users/{id}"),
+        &admin,
+        Some(serde_json::json!({"role": "admin"})),
+    )
+    .await
+    .assert_status(200);
+    assert_eq!(app.me(&other).await.json()["role"], "admin");
+}

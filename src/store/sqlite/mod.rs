@@ -11,6 +11,7 @@ mod backup;
 mod keys;
 mod mail;
 mod mfa;
+mod seen;
 mod sessions;
 mod users;
 
@@ -132,6 +133,8 @@ pub struct SqliteStore {
     /// (empty for an in-memory database, whose one connection is the writer's; `None` once
     /// closed).
     inline: Arc<[Mutex<Option<rusqlite::Connection>>]>,
+    /// Session checks answered lately, until the next write ([`seen`]).
+    seen: Arc<seen::Seen>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -228,6 +231,7 @@ impl SqliteStore {
             readers: readers.into(),
             next_reader: Arc::new(AtomicUsize::new(0)),
             inline: inline.into(),
+            seen: Arc::default(),
         })
     }
 
@@ -246,13 +250,16 @@ impl SqliteStore {
         }
     }
 
-    /// Runs a write on the writer's thread.
+    /// Runs a write on the writer's thread. Once it is done (before its caller goes on), every
+    /// session check kept so far is stale ([`seen`]).
     pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        Ok(self.writer.call(f).await?)
+        let done = self.writer.call(f).await;
+        self.seen.written();
+        Ok(done?)
     }
 
     /// Runs a read on one of the readers' threads, in turn.

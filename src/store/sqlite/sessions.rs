@@ -61,23 +61,35 @@ impl SqliteStore {
         now: u64,
     ) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
+        // Answered since the last write: the same answer (see `seen`).
+        if let Some(user) = self.seen.get(&session_id, user_id, now) {
+            return Ok(Some(user));
+        }
+        let generation = self.seen.generation();
+        let id = session_id.clone();
         let read = move |c: &rusqlite::Connection| {
             let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL,
-                        u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL
+                        u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL, s.expires_at
                  FROM sessions s JOIN users u ON u.id = s.user_id
                  WHERE s.id = ?1 AND s.user_id = ?2 AND s.expires_at > ?3 AND u.disabled_at IS NULL",
             )?;
             Ok(stmt
-                .query_row(params![session_id, user_id, now], user_from_row)
+                .query_row(params![id, user_id, now], |r| {
+                    Ok((user_from_row(r)?, r.get::<_, i64>(8)?))
+                })
                 .optional()?)
         };
         // Every authenticated request makes this read: on its own thread (two primary-key
         // lookups), not handed to a reader thread and back (unless it would have to wait).
-        match self.read_inline(&read) {
+        let found = match self.read_inline(&read) {
             Some(result) => result,
             None => self.read(move |c| read(c)).await,
-        }
+        }?;
+        Ok(found.map(|(user, expires_at)| {
+            self.seen.keep(&session_id, generation, expires_at, &user);
+            user
+        }))
     }
 
     /// Exchanges a refresh token, in one transaction, so that two racing exchanges of one token
