@@ -269,13 +269,33 @@ impl Visit for JsonVisitor<'_, '_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |w| write_json_string(w, &format!("{value:?}")));
+        // Formatted straight into the line, escaped on the way (no string of its own).
+        self.field(field, |w| {
+            w.write_char('"')?;
+            fmt::Write::write_fmt(&mut Escaped(w), format_args!("{value:?}"))?;
+            w.write_char('"')
+        });
+    }
+}
+
+/// Writes what it is given escaped as the inside of a JSON string.
+struct Escaped<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        write_escaped(self.0, text)
     }
 }
 
 /// `text` as a JSON string.
 fn write_json_string(w: &mut impl fmt::Write, text: &str) -> fmt::Result {
     w.write_char('"')?;
+    write_escaped(w, text)?;
+    w.write_char('"')
+}
+
+/// `text` escaped as the inside of a JSON string.
+fn write_escaped(w: &mut impl fmt::Write, text: &str) -> fmt::Result {
     let mut start = 0;
     for (i, c) in text.char_indices() {
         let escaped = match c {
@@ -295,8 +315,7 @@ fn write_json_string(w: &mut impl fmt::Write, text: &str) -> fmt::Result {
         }
         start = i + c.len_utf8();
     }
-    w.write_str(&text[start..])?;
-    w.write_char('"')
+    w.write_str(&text[start..])
 }
 
 #[cfg(test)]
