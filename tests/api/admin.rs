@@ -593,14 +593,17 @@ async fn total_stays_exact_through_every_insert_and_delete() {
     app.authed("DELETE", "/api/v1/users/me", &t1, None)
         .await
         .assert_status(204);
-    // Rows written by something else than the service count too.
+    // Rows written by something else than the service count too, one or many at a time.
     app.exec(
         "INSERT INTO users (email, password_hash) VALUES ('direct@example.com', 'x');
-         DELETE FROM users WHERE email = 't4@example.com'",
+         DELETE FROM users WHERE email = 't4@example.com';
+         INSERT INTO users (email, password_hash) VALUES ('bulk1@example.com', 'x'),
+             ('bulk2@example.com', 'x'), ('bulk3@example.com', 'x');
+         DELETE FROM users WHERE email IN ('bulk1@example.com', 'bulk2@example.com');",
     )
     .await;
     let counted = app.query_i64("SELECT count(*) FROM users").await;
-    assert_eq!(counted, 6);
+    assert_eq!(counted, 7);
     assert_eq!(total_of(&app, &admin).await, counted);
     // With a search, the matches are counted.
     let page = app
@@ -629,8 +632,9 @@ async fn the_user_count_of_an_older_database_starts_from_its_users() {
              PRAGMA user_version = 6;"
         }
         crate::Backend::Postgres => {
-            "DROP TRIGGER users_counted ON users; DROP FUNCTION count_users(); DROP TABLE counters;
-             DELETE FROM schema_migrations WHERE version >= 7;"
+            "DROP TRIGGER users_counted_in ON users; DROP TRIGGER users_counted_out ON users;
+             DROP FUNCTION count_inserted_users(); DROP FUNCTION count_deleted_users();
+             DROP TABLE counters; DELETE FROM schema_migrations WHERE version >= 7;"
         }
     };
     super::helpers::exec(&path, back).await;
