@@ -202,6 +202,9 @@ class ServerLog:
             return f.readlines()
 
     def mark(self):
+        # The server writes its log out every 100 ms: wait for the lines of the requests before
+        # the mark to be there, so that none of them is counted as coming after it.
+        time.sleep(0.3)
         return len(self.lines())
 
     def requests_since(self, mark):
