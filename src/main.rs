@@ -185,6 +185,9 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     // PORT=0 picks a free port: the line below tells which.
     let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!("listening on http://{addr} (API docs at http://{addr}/docs)");
+    // Whoever waits for the start (an operator, a supervisor, a test) sees it now, not at the
+    // log's next write-out.
+    telemetry::flush();
     let trusted_proxies = state.config.trusted_proxies.clone();
     server::serve(
         listener,
