@@ -987,3 +987,35 @@ fn an_idle_connection_is_closed_after_the_header_deadline() {
     assert!(took < Duration::from_secs(15), "still open after {took:?}");
     let _ = n;
 }
+
+/// What another process does to the database (an operator's SQL here) shows at the server's next
+/// request, though the server answers repeated checks of one session without reading it again.
+#[tokio::test]
+async fn another_process_changing_the_database_is_seen_at_the_next_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let body = json!({"email": "alice@example.com", "password": PASSWORD});
+    server
+        .json("POST", "/api/v1/users/register", &body, &[])
+        .expect(201);
+    let token = server
+        .json("POST", "/api/v1/users/login", &body, &[])
+        .expect(200);
+    let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+    let me = || {
+        server.request(
+            "GET",
+            "/api/v1/users/me",
+            &[("Authorization", &bearer)],
+            None,
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(me().expect(200)["role"], "member");
+    }
+    super::helpers::exec(dir.path(), "UPDATE users SET role = 'admin'").await;
+    assert_eq!(me().expect(200)["role"], "admin");
+    assert_eq!(me().expect(200)["role"], "admin");
+    super::helpers::exec(dir.path(), "DELETE FROM users").await;
+    assert_eq!(me().status, 401);
+}

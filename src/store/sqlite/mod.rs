@@ -132,9 +132,15 @@ pub struct SqliteStore {
     /// Connections for the point reads of every request, each used by one thread at a time
     /// (empty for an in-memory database, whose one connection is the writer's; `None` once
     /// closed).
-    inline: Arc<[Mutex<Option<rusqlite::Connection>>]>,
-    /// Session checks answered lately, until the next write ([`seen`]).
+    inline: Arc<[Mutex<Option<Inline>>]>,
+    /// Session checks answered lately, while the database stays unchanged ([`seen`]).
     seen: Arc<seen::Seen>,
+}
+
+/// A connection for point reads, with its WAL index (which lives as long as it).
+struct Inline {
+    conn: rusqlite::Connection,
+    wal_index: Option<seen::WalIndex>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -221,7 +227,8 @@ impl SqliteStore {
                                 .map_err(|e| e.to_string())
                         })
                         .map_err(|e| OpenError::new(format!("database at {location_text}"), e))?;
-                    inline.push(Mutex::new(Some(c)));
+                    let wal_index = seen::WalIndex::of(&c);
+                    inline.push(Mutex::new(Some(Inline { conn: c, wal_index })));
                 }
                 (writer, readers, inline)
             }
@@ -239,27 +246,28 @@ impl SqliteStore {
     /// connection. `None` when it did not run there (an in-memory database, every inline
     /// connection taken, or the database busy): the caller then reads through a reader thread,
     /// which may wait; the request's thread never does.
+    /// `f` is also given the header of the database's WAL index as it is before the read
+    /// ([`seen`]), when there is a whole one.
     pub(super) fn read_inline<T>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+        f: impl FnOnce(&rusqlite::Connection, Option<seen::Header>) -> Result<T, StoreError>,
     ) -> Option<Result<T, StoreError>> {
         let slot = self.inline.iter().find_map(|c| c.try_lock().ok())?;
-        match f(slot.as_ref()?) {
+        let inline = slot.as_ref()?;
+        let header = inline.wal_index.as_ref().and_then(seen::WalIndex::header);
+        match f(&inline.conn, header) {
             Err(StoreError::Unavailable(_)) => None,
             done => Some(done),
         }
     }
 
-    /// Runs a write on the writer's thread. Once it is done (before its caller goes on), every
-    /// session check kept so far is stale ([`seen`]).
+    /// Runs a write on the writer's thread.
     pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let done = self.writer.call(f).await;
-        self.seen.written();
-        Ok(done?)
+        Ok(self.writer.call(f).await?)
     }
 
     /// Runs a read on one of the readers' threads, in turn.
@@ -275,8 +283,9 @@ impl SqliteStore {
     /// Closes every connection (at shutdown: the WAL is checkpointed). Later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
         for slot in self.inline.iter() {
-            let conn = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(conn) = conn {
+            let inline = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            // Its WAL index is SQLite's mapping, which goes with the connection.
+            if let Some(Inline { conn, .. }) = inline {
                 let _ = conn.close();
             }
         }

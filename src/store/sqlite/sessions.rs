@@ -61,13 +61,7 @@ impl SqliteStore {
         now: u64,
     ) -> Result<Option<User>, StoreError> {
         let now = to_i64(now);
-        // Answered since the last write: the same answer (see `seen`).
-        if let Some(user) = self.seen.get(&session_id, user_id, now) {
-            return Ok(Some(user));
-        }
-        let generation = self.seen.generation();
-        let id = session_id.clone();
-        let read = move |c: &rusqlite::Connection| {
+        let read = move |c: &rusqlite::Connection, id: &str| {
             let mut stmt = c.prepare_cached(
                 "SELECT u.id, u.email, u.full_name, u.role, u.created_at, u.email_verified_at IS NOT NULL,
                         u.disabled_at IS NOT NULL, u.mfa_enabled_at IS NOT NULL, s.expires_at
@@ -81,15 +75,27 @@ impl SqliteStore {
                 .optional()?)
         };
         // Every authenticated request makes this read: on its own thread (two primary-key
-        // lookups), not handed to a reader thread and back (unless it would have to wait).
-        let found = match self.read_inline(&read) {
+        // lookups), not handed to a reader thread and back (unless it would have to wait), and
+        // not at all when the database has not changed since the same check (see `seen`).
+        let inline = self.read_inline(|c, header| {
+            if let Some(user) = header.and_then(|h| self.seen.get(&session_id, user_id, now, &h)) {
+                return Ok(Some(user));
+            }
+            let found = read(c, &session_id)?;
+            Ok(found.map(|(user, expires_at)| {
+                if let Some(header) = header {
+                    self.seen.keep(&session_id, header, expires_at, &user);
+                }
+                user
+            }))
+        });
+        match inline {
             Some(result) => result,
-            None => self.read(move |c| read(c)).await,
-        }?;
-        Ok(found.map(|(user, expires_at)| {
-            self.seen.keep(&session_id, generation, expires_at, &user);
-            user
-        }))
+            None => Ok(self
+                .read(move |c| read(c, &session_id))
+                .await?
+                .map(|(user, _)| user)),
+        }
     }
 
     /// Exchanges a refresh token, in one transaction, so that two racing exchanges of one token
