@@ -169,6 +169,7 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     }
     let store = state.store.clone();
     let housekeeping = tokio::spawn(state.clone().maintain());
+    let checkpoints = tokio::spawn(store.clone().checkpoints());
     let state_for_mail = state.clone();
     let mail_worker = tokio::spawn(state.clone().deliver_mail());
     let key_watch = tokio::spawn(state.tokens.ring().clone().watch(store.clone()));
@@ -197,6 +198,7 @@ async fn serve(config: Config) -> Result<(), CommandError> {
     )
     .await;
     housekeeping.abort();
+    checkpoints.abort();
     key_watch.abort();
     if let Some(metrics) = metrics {
         metrics.abort();

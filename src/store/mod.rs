@@ -377,6 +377,9 @@ pub enum Store {
     Postgres(postgres::PostgresStore),
 }
 
+/// How often SQLite's log is copied into the database file ([`Store::checkpoints`]).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Calls the same method on whichever backend this is.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
@@ -413,6 +416,25 @@ impl Store {
     /// Closes the database (at shutdown). Later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
         dispatch!(self.close())
+    }
+
+    /// Keeps SQLite's log short from a task of its own, so that commits only append to it and
+    /// never wait for its pages to be copied into the database file (the writer does that only
+    /// when the log has grown long anyway). Returns at once on PostgreSQL.
+    pub async fn checkpoints(self) {
+        let Store::Sqlite(sqlite) = self else {
+            return;
+        };
+        let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // A database that fails here fails the writes too, which say so loudly; the writer
+            // still checkpoints by itself when the log grows long.
+            if let Err(e) = sqlite.checkpoint().await {
+                tracing::debug!(error = %e, "checkpoint not made");
+            }
+        }
     }
 
     /// Answers when the database answers a query that reads its tables (readiness).

@@ -876,7 +876,7 @@ fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
     if super::helpers::sqlite_only("a SQLite file on a full disk") {
         return;
     }
-    let Some(disk) = TinyDisk::mount(400) else {
+    let Some(disk) = TinyDisk::mount(1024) else {
         eprintln!("skipped: cannot mount a tmpfs here (this test needs root)");
         return;
     };
@@ -901,7 +901,10 @@ fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
         .expect(200);
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
 
-    // Fill the disk.
+    // Fill the disk, keeping room to give back later that the writes after it surely fit in
+    // (the log grows with each write until a checkpoint lets it start over).
+    let spare = dir.join("spare");
+    std::fs::write(&spare, vec![0u8; 512 * 1024]).unwrap();
     let filler = dir.join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
     while file.write_all(&[0u8; 4096]).is_ok() {}
@@ -939,6 +942,7 @@ fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
 
     // Room again: the server recovers by itself.
     std::fs::remove_file(&filler).unwrap();
+    std::fs::remove_file(&spare).unwrap();
     register("after@example.com").expect(201);
     for email in created.iter().chain([&"after@example.com".to_owned()]) {
         server

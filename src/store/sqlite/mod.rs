@@ -135,6 +135,16 @@ pub struct SqliteStore {
     inline: Arc<[Mutex<Option<Inline>>]>,
     /// Session checks answered lately, while the database stays unchanged ([`seen`]).
     seen: Arc<seen::Seen>,
+    /// The connection [`SqliteStore::checkpoint`] copies the log into the database file on (a
+    /// file database's; `None` in memory).
+    checkpointer: Option<Connection>,
+}
+
+/// What a checkpoint found: pages in the log, and how many of them are in the database file.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub logged: i64,
+    pub copied: i64,
 }
 
 /// A connection for point reads, with its WAL index (which lives as long as it).
@@ -154,6 +164,8 @@ impl std::fmt::Debug for SqliteStore {
 
 /// Read connections of a file database.
 const READERS: usize = 2;
+/// The log's length (pages) at which the writer checkpoints it itself (SQLite's default: 1000).
+const WRITER_CHECKPOINT_PAGES: i64 = 8192;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database, sets it up and applies the migrations.
@@ -168,14 +180,14 @@ impl SqliteStore {
         let cannot_open = |e: rusqlite::Error| {
             OpenError::new(format!("cannot open the database at {location}"), e)
         };
-        let (writer, readers, inline) = match location {
+        let (writer, readers, inline, checkpointer) = match location {
             DatabaseLocation::Memory => {
                 // One in-memory database is one connection: it reads and writes.
                 let conn = Connection::open_in_memory().await.map_err(cannot_open)?;
                 conn.call(|c| configure(c).and_then(|()| migrate(c)))
                     .await
                     .map_err(failed)?;
-                (conn.clone(), vec![conn], Vec::new())
+                (conn.clone(), vec![conn], Vec::new(), None)
             }
             DatabaseLocation::Postgres(pg) => {
                 return Err(OpenError::new(
@@ -195,9 +207,19 @@ impl SqliteStore {
                 })?;
                 let writer = Connection::open(path).await.map_err(cannot_open)?;
                 writer
-                    .call(|c| configure(c).and_then(|()| migrate(c)))
+                    .call(|c| {
+                        configure(c)?;
+                        migrate(c)?;
+                        // Commits only append to the log: the checkpoints run on a connection of
+                        // their own ([`SqliteStore::checkpoint`]). The writer makes one itself only
+                        // when the log has grown this long anyway (they fell behind, or none run).
+                        c.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                            .map_err(|e| e.to_string())
+                    })
                     .await
                     .map_err(failed)?;
+                let checkpointer = Connection::open(path).await.map_err(cannot_open)?;
+                checkpointer.call(configure).await.map_err(failed)?;
                 let mut readers = Vec::with_capacity(READERS);
                 for _ in 0..READERS {
                     let reader = Connection::open(path).await.map_err(cannot_open)?;
@@ -230,7 +252,7 @@ impl SqliteStore {
                     let wal_index = seen::WalIndex::of(&c);
                     inline.push(Mutex::new(Some(Inline { conn: c, wal_index })));
                 }
-                (writer, readers, inline)
+                (writer, readers, inline, Some(checkpointer))
             }
         };
         Ok(Self {
@@ -239,6 +261,7 @@ impl SqliteStore {
             next_reader: Arc::new(AtomicUsize::new(0)),
             inline: inline.into(),
             seen: Arc::default(),
+            checkpointer,
         })
     }
 
@@ -280,8 +303,32 @@ impl SqliteStore {
         Ok(self.readers[i].call(f).await?)
     }
 
+    /// Copies what the log (the `-wal` file) holds into the database file, as far as no reader
+    /// still needs it: a passive checkpoint, which neither waits for nor holds up a write or a
+    /// read. Answers the pages in the log and how many of them are in the file now (none for an
+    /// in-memory database).
+    pub async fn checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let Some(checkpointer) = &self.checkpointer else {
+            return Ok(Checkpoint::default());
+        };
+        Ok(checkpointer
+            .call(|c| {
+                c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok(Checkpoint {
+                        logged: r.get(1)?,
+                        copied: r.get(2)?,
+                    })
+                })
+                .map_err(StoreError::from)
+            })
+            .await?)
+    }
+
     /// Closes every connection (at shutdown: the WAL is checkpointed). Later calls fail.
     pub async fn close(&self) -> Result<(), StoreError> {
+        if let Some(checkpointer) = &self.checkpointer {
+            let _ = checkpointer.clone().close().await;
+        }
         for slot in self.inline.iter() {
             let inline = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
             // Its WAL index is SQLite's mapping, which goes with the connection.
@@ -452,5 +499,38 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION);
         // Applying them again changes nothing.
         migrate(&mut migrated).unwrap();
+    }
+
+    /// Commits only append to the log; `checkpoint` copies it into the file, all of it when no
+    /// reader needs an older page.
+    #[tokio::test]
+    async fn commits_leave_the_copying_to_the_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = DatabaseLocation::File(dir.path().join("app.db"));
+        let store = SqliteStore::open(&location).await.unwrap();
+        store.checkpoint().await.unwrap();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (x INTEGER)")?))
+            .await
+            .unwrap();
+        // More commits than SQLite's default auto-checkpoint (1000 pages) would let pass.
+        for i in 0..1500 {
+            store
+                .write(move |c| {
+                    Ok(c.execute("INSERT INTO scratch VALUES (?1)", [i])
+                        .map(drop)?)
+                })
+                .await
+                .unwrap();
+        }
+        let done = store.checkpoint().await.unwrap();
+        assert!(
+            done.logged > 1500,
+            "the writer copied the log itself: {done:?}"
+        );
+        assert_eq!(done.copied, done.logged);
+        store.close().await.unwrap();
+        let memory = SqliteStore::open(&DatabaseLocation::Memory).await.unwrap();
+        assert_eq!(memory.checkpoint().await.unwrap(), Checkpoint::default());
     }
 }
