@@ -427,12 +427,16 @@ impl Store {
         };
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
-            // A database that fails here fails the writes too, which say so loudly; the writer
-            // still checkpoints by itself when the log grows long.
-            if let Err(e) = sqlite.checkpoint().await {
-                tracing::debug!(error = %e, "checkpoint not made");
+            // The writer still checkpoints by itself when the log grows long; a failure here is
+            // said at most once a minute.
+            if let Err(e) = sqlite.checkpoint().await
+                && warned.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60))
+            {
+                tracing::warn!(error = %e, "checkpoint of the SQLite log failed");
+                warned = Some(std::time::Instant::now());
             }
         }
     }

@@ -249,7 +249,9 @@ impl SqliteStore {
                                 .map_err(|e| e.to_string())
                         })
                         .map_err(|e| OpenError::new(format!("database at {location_text}"), e))?;
-                    let wal_index = seen::WalIndex::of(&c);
+                    // SAFETY: kept in `Inline` beside `c`, read only through it, while `c` is
+                    // open (`close` takes both out together); `configure` has read in WAL mode.
+                    let wal_index = unsafe { seen::WalIndex::of(&c) };
                     inline.push(Mutex::new(Some(Inline { conn: c, wal_index })));
                 }
                 (writer, readers, inline, Some(checkpointer))

@@ -53,8 +53,15 @@ unsafe impl Send for WalIndex {}
 
 impl WalIndex {
     /// The WAL index of `conn`'s main database, through SQLite's own `xShmMap`; `None` when it
-    /// has none (an in-memory database, a VFS without shared memory).
-    pub fn of(conn: &rusqlite::Connection) -> Option<Self> {
+    /// has none (an in-memory database, a VFS without shared memory). `conn` should have read
+    /// the database in WAL mode already (as `configure` does), so that its log is open and it
+    /// gives its shared memory back when it closes.
+    ///
+    /// # Safety
+    ///
+    /// The mapping lives as long as the database's connections in this process: the caller
+    /// keeps the result with `conn` and calls [`WalIndex::header`] only while `conn` is open.
+    pub unsafe fn of(conn: &rusqlite::Connection) -> Option<Self> {
         // SAFETY: `handle` is the open connection's; SQLITE_FCNTL_FILE_POINTER writes the main
         // database's `sqlite3_file` (owned by the connection) into `file`. `xShmMap` with
         // `bExtend = 0` returns the mapping SQLite itself uses for region 0 (mapping it, as
@@ -213,7 +220,8 @@ mod tests {
         };
         let (reader, other) = (open(), open());
         other.execute_batch("CREATE TABLE t (x)").unwrap();
-        let index = WalIndex::of(&reader).expect("a WAL database has an index");
+        // SAFETY: `index` is used only while `reader` is open.
+        let index = unsafe { WalIndex::of(&reader) }.expect("a WAL database has an index");
         let before = index.header().expect("a whole header");
         reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
@@ -240,6 +248,7 @@ mod tests {
     #[test]
     fn an_in_memory_database_has_no_index() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        assert!(WalIndex::of(&c).is_none());
+        // SAFETY: nothing is read through the result.
+        assert!(unsafe { WalIndex::of(&c) }.is_none());
     }
 }
