@@ -54,7 +54,7 @@ use hyper::Method;
 mod common;
 
 use common::{
-    Conn, Group, Meter, env_or, nginx_binary, nginx_version, peak_rss_kib, postmaster_pid,
+    Backend, Conn, Group, Meter, env_or, nginx_binary, nginx_version, peak_rss_kib, postmaster_pid,
     start_nginx, terminate,
 };
 
@@ -286,21 +286,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run());
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
 }
 
 /// One backend under test: its server, its tokens, where its CPU goes.

@@ -472,3 +472,19 @@ http {{
     nginx.workers = format!("{workers} worker processes");
     nginx
 }
+
+/// The storage backend a server of the bench runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}

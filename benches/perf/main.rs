@@ -96,7 +96,7 @@ mod server;
 mod wrk;
 
 use common::{
-    Conn, Group, Meter, env_or, nginx_binary, nginx_version, postmaster_pid, start_nginx,
+    Backend, Conn, Group, Meter, env_or, nginx_binary, nginx_version, postmaster_pid, start_nginx,
 };
 use server::{Bare, Server, Spec, Startup, http_status};
 use wrk::{Outcome, Run, Script, Wrk};
@@ -129,21 +129,6 @@ const SECTIONS: [(&str, Section); 7] = [
     ("sizing", Section::Sizing),
     ("connections", Section::Connections),
 ];
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
 
 struct Settings {
     seconds: u64,

@@ -136,14 +136,7 @@ fn a_backup_never_overwrites_a_file_and_memory_has_nothing_to_copy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
+    server.register("alice@example.com");
     let existing = dir.path().join("precious.db");
     std::fs::write(&existing, b"the only good copy").unwrap();
     let out = backup(dir.path(), &existing);

@@ -119,6 +119,27 @@ impl Server {
         self.request(method, path, &all, Some(&serde_json::to_vec(body).unwrap()))
     }
 
+    /// Registers `email` with the tests' password: the new user (201 expected).
+    pub fn register(&self, email: &str) -> Value {
+        self.json(
+            "POST",
+            "/api/v1/users/register",
+            &json!({"email": email, "password": PASSWORD}),
+            &[],
+        )
+        .expect(201)
+    }
+
+    /// A JSON login, answered as it is.
+    pub fn login(&self, email: &str, password: &str) -> Response {
+        self.json(
+            "POST",
+            "/api/v1/users/login",
+            &json!({"email": email, "password": password}),
+            &[],
+        )
+    }
+
     /// Sends raw bytes and reads the answer until the server closes the connection.
     pub fn raw(&self, bytes: &[u8]) -> Response {
         let mut stream = TcpStream::connect(self.addr).expect("connect");
@@ -282,14 +303,7 @@ fn the_tutorial_session_works_over_http() {
         )
         .expect(201);
     assert_eq!(user["email"], "alice@example.com");
-    let token = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    let token = server.login("alice@example.com", PASSWORD).expect(200);
     let access = token["access_token"].as_str().unwrap();
     let me = server.request(
         "GET",
@@ -346,22 +360,8 @@ fn oversized_request_heads_get_a_431_problem() {
 fn sigterm_stops_it_cleanly_and_users_and_tokens_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
-    let token = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    server.register("alice@example.com");
+    let token = server.login("alice@example.com", PASSWORD).expect(200);
     let access = token["access_token"].as_str().unwrap().to_owned();
     let (status, took) = server.terminate();
     assert!(status.success(), "exit status {status:?}");
@@ -376,14 +376,7 @@ fn sigterm_stops_it_cleanly_and_users_and_tokens_survive_a_restart() {
             None,
         )
         .expect(200);
-    again
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    again.login("alice@example.com", PASSWORD).expect(200);
 }
 
 #[test]
@@ -515,22 +508,8 @@ fn without_a_secret_it_starts_and_warns_loudly() {
 fn json_logs_are_one_object_per_line_and_never_hold_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[("LOG_FORMAT", "json")]);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
-    let token = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    server.register("alice@example.com");
+    let token = server.login("alice@example.com", PASSWORD).expect(200);
     let access = token["access_token"].as_str().unwrap().to_owned();
     let refresh = token["refresh_token"].as_str().unwrap().to_owned();
     server
@@ -678,14 +657,7 @@ fn create_admin_works_beside_a_running_server() {
         text(&out)
     );
     assert!(!text(&out).contains(admin_password));
-    let token = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "root@example.com", "password": admin_password}),
-            &[],
-        )
-        .expect(200);
+    let token = server.login("root@example.com", admin_password).expect(200);
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
     let page = server
         .request(
@@ -716,14 +688,7 @@ fn create_admin_works_beside_a_running_server() {
         .expect(200);
 
     // An existing member (a squatter, maybe) is refused: exit 1, nothing changes.
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "bob@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
+    server.register("bob@example.com");
     let out = create_admin(
         dir.path(),
         "bob@example.com",
@@ -738,14 +703,7 @@ fn create_admin_works_beside_a_running_server() {
     );
     assert!(text(&out).contains("--promote-existing"), "{}", text(&out));
     for password in ["Operator-Password-1", PASSWORD] {
-        let token = server
-            .json(
-                "POST",
-                "/api/v1/users/login",
-                &json!({"email": "bob@example.com", "password": password}),
-                &[],
-            )
-            .json();
+        let token = server.login("bob@example.com", password).json();
         if let Some(access) = token["access_token"].as_str() {
             let me = server
                 .request(
@@ -781,14 +739,7 @@ fn create_admin_works_beside_a_running_server() {
             &[],
         )
         .expect(401);
-    let bob = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "bob@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    let bob = server.login("bob@example.com", PASSWORD).expect(200);
     let bearer = format!("Bearer {}", bob["access_token"].as_str().unwrap());
     let me = server
         .request(
@@ -891,14 +842,7 @@ fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
         )
     };
     register("first@example.com").expect(201);
-    let token = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "first@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    let token = server.login("first@example.com", PASSWORD).expect(200);
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
 
     // Fill the disk, keeping room to give back later that the writes after it surely fit in
@@ -945,14 +889,7 @@ fn a_full_disk_answers_503_loses_no_answered_write_and_recovers() {
     std::fs::remove_file(&spare).unwrap();
     register("after@example.com").expect(201);
     for email in created.iter().chain([&"after@example.com".to_owned()]) {
-        server
-            .json(
-                "POST",
-                "/api/v1/users/login",
-                &json!({"email": email, "password": PASSWORD}),
-                &[],
-            )
-            .expect(200);
+        server.login(email, PASSWORD).expect(200);
     }
     let (status, _) = server.terminate();
     assert!(status.success());

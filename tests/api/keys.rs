@@ -260,23 +260,9 @@ fn keys_rotate_and_list_through_the_binary_with_no_private_part_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let vars = [("JWT_ALGORITHM", "EdDSA")];
     let server = Server::start(dir.path(), &vars);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
+    server.register("alice@example.com");
     let login = || {
-        server
-            .json(
-                "POST",
-                "/api/v1/users/login",
-                &json!({"email": "alice@example.com", "password": PASSWORD}),
-                &[],
-            )
-            .expect(200)["access_token"]
+        server.login("alice@example.com", PASSWORD).expect(200)["access_token"]
             .as_str()
             .unwrap()
             .to_owned()

@@ -487,22 +487,8 @@ fn the_binary_serves_metrics_on_its_own_listener_only() {
     let server = Server::start(dir.path(), &[("METRICS_ADDR", "127.0.0.1:0")]);
     let metrics = metrics_addr(&server);
     assert_ne!(metrics, server.addr);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
-    let pair = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    server.register("alice@example.com");
+    let pair = server.login("alice@example.com", PASSWORD).expect(200);
     server
         .json(
             "POST",
@@ -566,32 +552,11 @@ fn without_metrics_addr_there_is_no_metrics_listener() {
 fn the_access_log_line_names_the_route_the_client_and_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[("LOG_FORMAT", "json")]);
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(201);
-    let pair = server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    server.register("alice@example.com");
+    let pair = server.login("alice@example.com", PASSWORD).expect(200);
     let access = pair["access_token"].as_str().unwrap().to_owned();
     // A second session, to end from the first.
-    server
-        .json(
-            "POST",
-            "/api/v1/users/login",
-            &json!({"email": "alice@example.com", "password": PASSWORD}),
-            &[],
-        )
-        .expect(200);
+    server.login("alice@example.com", PASSWORD).expect(200);
     let sessions = server
         .request(
             "GET",

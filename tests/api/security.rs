@@ -13,29 +13,9 @@ use serde_json::{Value, json};
 use tokio_rusqlite::rusqlite;
 
 use super::BACKEND;
-use super::binary::{Response, Server, create_admin};
+use super::binary::{Server, create_admin};
 use super::helpers::{PASSWORD, database_url, sqlite_only};
 use crate::Backend;
-
-fn register(server: &Server, email: &str) -> Value {
-    server
-        .json(
-            "POST",
-            "/api/v1/users/register",
-            &json!({"email": email, "password": PASSWORD}),
-            &[],
-        )
-        .expect(201)
-}
-
-fn login(server: &Server, email: &str, password: &str) -> Response {
-    server.json(
-        "POST",
-        "/api/v1/users/login",
-        &json!({"email": email, "password": password}),
-        &[],
-    )
-}
 
 fn bearer(token: &Value) -> String {
     format!("Bearer {}", token["access_token"].as_str().unwrap())
@@ -103,17 +83,17 @@ fn login_request(addr: SocketAddr, email: &str, password: &str) -> Vec<u8> {
 fn hanging_up_on_a_wrong_password_still_counts_the_guess() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("LOGIN_MAX_FAILURES", "3")]);
-    register(&server, "victim@example.com");
+    server.register("victim@example.com");
     // A user whose hash is of a higher cost logs in: from then on, a wrong password is answered
     // only once it has taken as long as that slow verify, the window the attacker hangs up in.
-    register(&server, "slow@example.com");
+    server.register("slow@example.com");
     let slow = bcrypt::hash(PASSWORD, 11).unwrap();
     exec(
         dir.path(),
         &format!("UPDATE users SET password_hash = '{slow}' WHERE email = 'slow@example.com'"),
     );
     let started = Instant::now();
-    login(&server, "slow@example.com", PASSWORD).expect(200);
+    server.login("slow@example.com", PASSWORD).expect(200);
     let slow_verify = started.elapsed();
     assert!(slow_verify > Duration::from_millis(150), "{slow_verify:?}");
 
@@ -129,7 +109,7 @@ fn hanging_up_on_a_wrong_password_still_counts_the_guess() {
     }
     // Let the abandoned attempts finish on the server.
     std::thread::sleep(slow_verify * 2);
-    let answer = login(&server, "victim@example.com", PASSWORD);
+    let answer = server.login("victim@example.com", PASSWORD);
     answer.expect(429);
     assert!(answer.header("retry-after").is_some());
 
@@ -218,14 +198,14 @@ fn while_holding_the_write_lock<T: Send>(
 fn a_login_that_checked_the_old_password_gets_no_session_after_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let user = register(&server, "alice@example.com");
+    let user = server.register("alice@example.com");
     let new_hash = bcrypt::hash("An0ther-Strong-Pass", 4).unwrap();
     let id = user["id"].as_i64().unwrap();
     let answer = while_holding_the_write_lock(
         dir.path(),
         // What PUT /me/password holds while it writes: the user's row.
         &format!("SELECT 1 FROM users WHERE id = {id} FOR UPDATE"),
-        || login(&server, "alice@example.com", PASSWORD),
+        || server.login("alice@example.com", PASSWORD),
         // What it writes: the new hash, and no session left.
         &format!(
             "UPDATE users SET password_hash = '{new_hash}' WHERE id = {id}; DELETE FROM sessions;"
@@ -234,7 +214,9 @@ fn a_login_that_checked_the_old_password_gets_no_session_after_a_change() {
     answer.expect(401);
     let sessions = query_i64(dir.path(), "SELECT count(*) FROM sessions");
     assert_eq!(sessions, 0, "a session outlived the password change");
-    login(&server, "alice@example.com", "An0ther-Strong-Pass").expect(200);
+    server
+        .login("alice@example.com", "An0ther-Strong-Pass")
+        .expect(200);
 }
 
 #[test]
@@ -250,8 +232,10 @@ fn an_admin_demoted_while_its_request_waits_is_refused() {
     assert!(out.status.success());
     let out = create_admin(dir.path(), "ops@example.com", Some("Ops-Password-42"), None);
     assert!(out.status.success());
-    let root = login(&server, "root@example.com", "Head-Password-42").expect(200);
-    let member = register(&server, "bob@example.com");
+    let root = server
+        .login("root@example.com", "Head-Password-42")
+        .expect(200);
+    let member = server.register("bob@example.com");
     let path = format!("/api/v1/admin/users/{}", member["id"]);
     let auth = bearer(&root);
     let answer = while_holding_the_write_lock(
@@ -344,7 +328,7 @@ fn loose_database_files_are_made_owner_only_at_start() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    register(&server, "alice@example.com");
+    server.register("alice@example.com");
     // Killed (the Drop's SIGKILL), so the -wal and -shm files stay.
     drop(server);
     let files = ["app.db", "app.db-wal", "app.db-shm"].map(|f| dir.path().join(f));
@@ -363,7 +347,7 @@ fn loose_database_files_are_made_owner_only_at_start() {
             .any(|l| l.contains("0600") && l.contains("app.db")),
         "{logs:#?}"
     );
-    login(&server, "alice@example.com", PASSWORD).expect(200);
+    server.login("alice@example.com", PASSWORD).expect(200);
 }
 
 #[test]
@@ -400,7 +384,7 @@ fn a_damaged_database_is_not_ready_and_answers_503() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);
     for name in ["a", "b", "c"] {
-        register(&server, &format!("{name}@example.com"));
+        server.register(&format!("{name}@example.com"));
     }
     let (status, _) = server.terminate();
     assert!(status.success());
@@ -428,7 +412,7 @@ fn a_damaged_database_is_not_ready_and_answers_503() {
     let ready = server.request("GET", "/health/ready", &[], None);
     ready.expect(503);
     assert!(ready.header("retry-after").is_some());
-    let answer = login(&server, "a@example.com", PASSWORD);
+    let answer = server.login("a@example.com", PASSWORD);
     answer.expect(503);
     assert!(answer.header("retry-after").is_some());
     let logs = server.log_lines();
